@@ -1,0 +1,51 @@
+"""Training-time measurements: exact-zero sparsity, the regularised objective, and final hard quantisation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from proxgen_jax.regularizers import Quantization, Regularizer
+from proxgen_jax.transforms.masks import MaskOrFn, resolve_mask
+
+
+def sparsity(params: Any, mask: MaskOrFn = None) -> dict[str, jax.Array]:
+    """Fraction of exactly-zero entries per leaf (keyed by path) and over all selected leaves (``"total"``).
+
+    Only leaves selected by ``mask`` count (default: all). Values are JAX scalars; works under ``jit``.
+    """
+    flags = resolve_mask(mask, params)
+    out, zeros, total = {}, jnp.zeros([], jnp.float32), 0
+    for (path, leaf), on in zip(jax.tree_util.tree_flatten_with_path(params)[0], flags):
+        if not on:
+            continue
+        nz = jnp.sum(jnp.asarray(leaf) == 0, dtype=jnp.float32)
+        out[jax.tree_util.keystr(path)] = nz / max(jnp.size(leaf), 1)
+        zeros = zeros + nz
+        total += jnp.size(leaf)
+    out["total"] = zeros / max(total, 1)
+    return out
+
+
+def regularization_value(params: Any, regularizer: Regularizer, lam, mask: MaskOrFn = None) -> jax.Array:
+    """``λ·R(θ)`` summed over the leaves selected by ``mask``."""
+    flags = resolve_mask(mask, params)
+    vals = [regularizer.value(leaf, lam) for leaf, on in zip(jax.tree.leaves(params), flags) if on]
+    return sum(vals, jnp.zeros([], jnp.float32))
+
+
+def regularized_objective(loss_fn: Callable[..., jax.Array], params: Any, regularizer: Regularizer, lam,
+                          *args, mask: MaskOrFn = None, **kwargs) -> jax.Array:
+    """``F(θ) = f(θ) + λR(θ)`` with ``f = loss_fn(params, *args, **kwargs)``."""
+    return loss_fn(params, *args, **kwargs) + regularization_value(params, regularizer, lam, mask)
+
+
+def quantize(params: Any, levels=(-1.0, 1.0), mask: MaskOrFn = None) -> Any:
+    """Hard quantisation at the end of training: each selected entry snaps to its nearest level (ties up)."""
+    q = Quantization(tuple(levels))
+    flags = resolve_mask(mask, params)
+    leaves, treedef = jax.tree.flatten(params)
+    out = [q.nearest_level(x).astype(jnp.asarray(x).dtype) if on else x for x, on in zip(leaves, flags)]
+    return jax.tree.unflatten(treedef, out)

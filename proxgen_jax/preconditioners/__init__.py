@@ -1,0 +1,27 @@
+"""Preconditioners: optax transformations producing the direction ``(C_t+δI)^{-1} m_t`` and the metric ``C_t+δI``."""
+
+from proxgen_jax.preconditioners.adagrad import ScaleByAdagradPrecondState, scale_by_adagrad_precond
+from proxgen_jax.preconditioners.adam import (
+    ScaleByAdamPrecondState,
+    ScaleByAmsgradPrecondState,
+    scale_by_adam_precond,
+)
+from proxgen_jax.preconditioners.direction import PreconditionedUpdates, split_updates
+from proxgen_jax.preconditioners.momentum import EmaMomentumState, ema_momentum
+from proxgen_jax.preconditioners.rmsprop import ScaleByRmspropPrecondState, scale_by_rmsprop_precond
+from proxgen_jax.preconditioners.sgd import scale_by_sgd_precond
+
+__all__ = [
+    "EmaMomentumState",
+    "PreconditionedUpdates",
+    "ScaleByAdagradPrecondState",
+    "ScaleByAdamPrecondState",
+    "ScaleByAmsgradPrecondState",
+    "ScaleByRmspropPrecondState",
+    "ema_momentum",
+    "scale_by_adagrad_precond",
+    "scale_by_adam_precond",
+    "scale_by_rmsprop_precond",
+    "scale_by_sgd_precond",
+    "split_updates",
+]

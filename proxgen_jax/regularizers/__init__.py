@@ -1,0 +1,23 @@
+"""Regularizers: value, prox with a per-coordinate step, and subgradient — elementwise, shape-agnostic."""
+
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
+from proxgen_jax.regularizers.l0 import L0
+from proxgen_jax.regularizers.l1 import L1
+from proxgen_jax.regularizers.lq import Lq, lq
+from proxgen_jax.regularizers.mcp import MCP
+from proxgen_jax.regularizers.quantization import Quantization, binary, ternary
+from proxgen_jax.regularizers.scad import SCAD
+
+__all__ = [
+    "ElementwiseRegularizer",
+    "L0",
+    "L1",
+    "MCP",
+    "SCAD",
+    "Lq",
+    "Quantization",
+    "Regularizer",
+    "binary",
+    "lq",
+    "ternary",
+]

@@ -1,0 +1,33 @@
+"""ℓ0: ``r(x) = [x ≠ 0]`` — hard thresholding (the paper's Eq. 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+
+
+@dataclasses.dataclass(frozen=True)
+class L0(ElementwiseRegularizer):
+    """The counting penalty ``λ‖θ‖₀``.
+
+    The prox keeps ``z`` where ``|z| > √(2·step·λ)`` and zeroes it otherwise (Eq. 4); the comparison is
+    made on squares (``z² > 2μ``), so no root is taken. At ``|z| = √(2μ)`` both ``0`` and ``z`` are
+    minimisers; we return ``0``. ``r`` is locally constant off zero, so the subgradient is ``0``: ℓ0
+    cannot be trained by subgradients, which is why the paper compares it with ℓ0-hc instead.
+    """
+
+    def penalty(self, x, lam):
+        x, lam = penalty_args(x, lam)
+        return jnp.where(x != 0, lam, jnp.zeros_like(lam))
+
+    def prox(self, z, step, lam):
+        z, step, lam = prox_args(z, step, lam)
+        # Written so that NaN fails the test and flows through as ``z``.
+        return jnp.where(z * z <= 2 * step * lam, jnp.zeros_like(z), z)
+
+    def subgradient(self, x, lam):
+        x, _ = penalty_args(x, lam)
+        return jnp.where(jnp.isnan(x), x, jnp.zeros_like(x))

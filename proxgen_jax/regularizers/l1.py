@@ -1,0 +1,31 @@
+"""ℓ1: ``r(x) = |x|`` — soft thresholding (the paper's Eq. 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+
+
+@dataclasses.dataclass(frozen=True)
+class L1(ElementwiseRegularizer):
+    """The lasso penalty ``λ‖θ‖₁``.
+
+    With ``μ = step·λ`` (``step = α_t/(C_t+δ)``) the prox is soft thresholding,
+    ``x = sign(z)·max(|z| − μ, 0)`` (ProxGen Eq. 3). The subgradient is ``λ·sign(x)``, taking the
+    minimal-norm element ``0`` of ``[−λ, λ]`` at ``x = 0``.
+    """
+
+    def penalty(self, x, lam):
+        x, lam = penalty_args(x, lam)
+        return lam * jnp.abs(x)
+
+    def prox(self, z, step, lam):
+        z, step, lam = prox_args(z, step, lam)
+        return jnp.sign(z) * jnp.maximum(jnp.abs(z) - step * lam, 0)
+
+    def subgradient(self, x, lam):
+        x, lam = penalty_args(x, lam)
+        return lam * jnp.sign(x)

@@ -1,0 +1,91 @@
+"""ℓq quasi-norms, ``r(x) = |x|^q`` for 0 ≤ q ≤ 1 (ℓ0, ℓ½, ℓ⅔ and every q in between)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from proxgen_jax._validation import check_in_range
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.l0 import L0
+from proxgen_jax.regularizers.l1 import L1
+from proxgen_jax.regularizers.lq_root import nonzero_root, threshold_ratio
+
+
+def _pow_minus(t, q):
+    """``t^{q−2}`` for ``t > 0`` without ``pow``: ``1/(t√t)`` for q = ½, else ``exp((q−2)·log t)``."""
+    if q == 0.5:
+        return 1 / (t * jnp.sqrt(t))
+    return jnp.exp((q - 2.0) * jnp.log(t))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lq(ElementwiseRegularizer):
+    """The ℓq penalty ``λ Σ_i |θ_i|^q``, ``0 ≤ q ≤ 1`` (``q = 0``: ℓ0, ``q = 1``: ℓ1).
+
+    The prox (global minimiser of ``λ|x|^q + (x − z)²/(2·step)``) is zero when
+    ``|z| ≤ τ = (2−q)/(2−2q)·(2μ(1−q))^{1/(2−q)}`` with ``μ = step·λ`` — for ℓ½ ``τ = (3/2)μ^{2/3}`` (Xu et al.
+    2012), for ℓ⅔ ``τ = 2(2μ/3)^{3/4}`` (Cao, Sun & Xu 2013) — and otherwise the larger root of
+    ``x + μ q x^{q−1} = |z|`` with the sign of ``z``. The threshold is tested on the dimensionless ratio
+    ``μ|z|^{q−2}`` and the root comes from :mod:`proxgen_jax.regularizers.lq_root` (a fitted expansion plus
+    Newton polishing where needed), so no ``cbrt``/``arccos`` is evaluated in the training step. At the
+    threshold both ``0`` and the root are minimisers; we return ``0``.
+
+    The subgradient ``λ q |x|^{q−1} sign(x)`` is what subgradient training uses; it blows up as ``x → 0``
+    (the paper's explanation of slow subgradient convergence). At exactly ``x = 0`` we return ``0`` (the
+    limiting subdifferential there is all of ℝ), where autograd of ``|x|**q`` would give NaN.
+
+    Args:
+      q: the exponent, in ``[0, 1]``.
+    """
+
+    q: float = 0.5
+
+    def __post_init__(self):
+        check_in_range("q", self.q, 0.0, 1.0)
+        object.__setattr__(self, "q", float(self.q))
+
+    def penalty(self, x, lam):
+        x, lam = penalty_args(x, lam)
+        if self.q == 0.0:
+            return L0().penalty(x, lam)
+        t = jnp.abs(x)
+        return lam * jnp.where(t > 0, jnp.power(jnp.where(t > 0, t, 1), self.q), jnp.zeros_like(t))
+
+    def prox(self, z, step, lam):
+        if self.q == 0.0:
+            return L0().prox(z, step, lam)
+        if self.q == 1.0:
+            return L1().prox(z, step, lam)
+        z, step, lam = prox_args(z, step, lam)
+        t = jnp.abs(z)
+        mu = step * lam
+        # r = μ t^{q−2}: +inf at t = 0 (prox 0), 0 when μ = 0 (identity), NaN when z is NaN.
+        t_safe = jnp.where(t == 0, jnp.ones_like(t), t)
+        r = jnp.where(t == 0, jnp.inf, mu * _pow_minus(t_safe, self.q))
+        r = jnp.where(mu == 0, jnp.zeros_like(r), r)
+        r_star = threshold_ratio(self.q)
+        w = nonzero_root(jnp.minimum(r, r_star), self.q)
+        return jnp.where(r >= r_star, jnp.zeros_like(z), z * w)
+
+    def subgradient(self, x, lam):
+        if self.q == 0.0:
+            return L0().subgradient(x, lam)
+        if self.q == 1.0:
+            return L1().subgradient(x, lam)
+        x, lam = penalty_args(x, lam)
+        t = jnp.abs(x)
+        t_safe = jnp.where(t > 0, t, jnp.ones_like(t))
+        d = lam * self.q * jnp.power(t_safe, self.q - 1.0) * jnp.sign(x)
+        return jnp.where(t > 0, d, jnp.where(jnp.isnan(x), x, jnp.zeros_like(d)))
+
+
+def lq(q: float) -> ElementwiseRegularizer:
+    """``L0()`` for ``q = 0``, ``L1()`` for ``q = 1``, else ``Lq(q)``."""
+    check_in_range("q", q, 0.0, 1.0)
+    if q == 0:
+        return L0()
+    if q == 1:
+        return L1()
+    return Lq(q)

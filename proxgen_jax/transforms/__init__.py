@@ -1,0 +1,26 @@
+"""Optax transformations built on the regularizers: the proximal step and its named variants."""
+
+from proxgen_jax.transforms.masks import kernels_only
+from proxgen_jax.transforms.prox_transforms import (
+    prox_binary,
+    prox_l0,
+    prox_l1,
+    prox_lq,
+    prox_mcp,
+    prox_quantize,
+    prox_scad,
+)
+from proxgen_jax.transforms.proximal_step import ProximalStepState, proximal_step
+
+__all__ = [
+    "ProximalStepState",
+    "kernels_only",
+    "prox_binary",
+    "prox_l0",
+    "prox_l1",
+    "prox_lq",
+    "prox_mcp",
+    "prox_quantize",
+    "prox_scad",
+    "proximal_step",
+]

@@ -1,0 +1,75 @@
+"""Choosing which leaves a prox regularises: mask resolution, validation and ready-made masks."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+
+MaskOrFn = Union[Any, Callable[[Any], Any], None]
+
+
+def _path_str(path) -> str:
+    return jax.tree_util.keystr(path) if path else "<root>"
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def kernels_only(params: Any) -> Any:
+    """A mask selecting weight matrices and conv filters: leaves named ``kernel`` (Flax linen and nnx).
+
+    Biases, BatchNorm/LayerNorm scales and embeddings are left unregularised. Parameters of other libraries
+    (no ``kernel`` in the path) fall back to "arrays with ``ndim ≥ 2``".
+    """
+    def is_kernel(path, leaf):
+        names = [_key_name(k) for k in path]
+        if any(n == "kernel" for n in names):
+            return True
+        if any(n in ("bias", "scale", "embedding") for n in names):
+            return False
+        return jnp.ndim(leaf) >= 2
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def first_mismatch(reference: Any, other: Any) -> str | None:
+    """The key path where ``other``'s structure first differs from ``reference``'s, or ``None``."""
+    ref_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(reference)[0]]
+    oth_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(other)[0]]
+    for rp, op in zip(ref_paths, oth_paths):
+        if rp != op:
+            return f"{_path_str(rp)} (got {_path_str(op)})"
+    if len(ref_paths) != len(oth_paths):
+        longer, name = (ref_paths, "missing in the mask") if len(ref_paths) > len(oth_paths) else (
+            oth_paths, "not in params")
+        return f"{_path_str(longer[min(len(ref_paths), len(oth_paths))])} ({name})"
+    if jax.tree.structure(reference) != jax.tree.structure(other):
+        return "<root> (container types differ)"
+    return None
+
+
+def resolve_mask(mask: MaskOrFn, params: Any, *, what: str = "mask") -> list[bool]:
+    """Flat list of Python bools, one per leaf of ``params``; ``ValueError`` naming the path on mismatch.
+
+    ``mask`` is ``None`` (every leaf), a pytree of bools with the structure of ``params``, or a callable
+    returning one. Mask leaves must be static (Python bools or concrete arrays).
+    """
+    n = len(jax.tree.leaves(params))
+    if mask is None:
+        return [True] * n
+    tree = mask(params) if callable(mask) else mask
+    where = first_mismatch(params, tree)
+    if where is not None:
+        raise ValueError(f"`{what}` does not match the parameter tree at {where}.")
+    flat = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        try:
+            flat.append(bool(leaf))
+        except (TypeError, jax.errors.ConcretizationTypeError) as err:
+            raise ValueError(f"`{what}` leaf at {_path_str(path)} must be a static bool, got {leaf!r}.") from err
+    return flat
