@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_in_range
@@ -13,11 +14,12 @@ from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax.regularizers.lq_root import nonzero_root, threshold_ratio
 
 
-def _pow_minus(t, q):
-    """``t^{q−2}`` for ``t > 0`` without ``pow``: ``1/(t√t)`` for q = ½, else ``exp((q−2)·log t)``."""
+def _ratio(mu, t, q):
+    """``r = μ·t^{q−2}`` for ``t > 0`` without ``pow``: ``μ·rsqrt(t)³`` for q = ½, else ``μ·exp((q−2)·log t)``."""
     if q == 0.5:
-        return 1 / (t * jnp.sqrt(t))
-    return jnp.exp((q - 2.0) * jnp.log(t))
+        rs = jax.lax.rsqrt(t)
+        return (mu * rs) * (rs * rs)
+    return mu * jnp.exp((q - 2.0) * jnp.log(t))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Lq(ElementwiseRegularizer):
         mu = step * lam
         # r = μ t^{q−2}: +inf at t = 0 (prox 0), 0 when μ = 0 (identity), NaN when z is NaN.
         t_safe = jnp.where(t == 0, jnp.ones_like(t), t)
-        r = jnp.where(t == 0, jnp.inf, mu * _pow_minus(t_safe, self.q))
+        r = jnp.where(t == 0, jnp.inf, _ratio(mu, t_safe, self.q))
         r = jnp.where(mu == 0, jnp.zeros_like(r), r)
         r_star = threshold_ratio(self.q)
         w = nonzero_root(jnp.minimum(r, r_star), self.q)

@@ -1,0 +1,106 @@
+r"""Group sparsity as an optax transformation: the group ℓ1,2 prox in the preconditioner's metric.
+
+``optax.chain(scale_by_adam_precond(), prox_group_l12(lam, lr, group_axes=...))`` applies ProxGen's step
+``θ_{t+1} = prox^{C_t+δI}_{α_t λ R}(θ_t − α_t (C_t+δI)^{-1} m_t)`` with ``R(θ) = Σ_g w_g ‖θ_g‖₂``: whole rows,
+columns or filters become exactly zero. See :class:`~proxgen_jax.regularizers.group_l12.GroupL12` for the
+maths and :func:`~proxgen_jax.transforms.proximal_step.proximal_step` for the chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from proxgen_jax.regularizers.group_l12 import GroupL12, normalize_axes
+from proxgen_jax.transforms.masks import MaskOrFn
+from proxgen_jax.transforms.proximal_step import proximal_step
+
+GroupAxesOrFn = Union[int, Sequence[int], None, Callable[[Any, Any], Optional[Sequence[int]]]]
+
+
+def output_unit_groups(path, leaf) -> tuple[int, ...] | None:
+    """Group axes giving one group per output unit: every axis but the last.
+
+    A Dense kernel ``(in, out)`` gets one group per output neuron (a column), a conv kernel ``(h, w, in, out)``
+    one group per output filter; arrays with ``ndim < 2`` (biases, norm scales) are left unregularised.
+    Pass it as ``group_axes=output_unit_groups`` to remove whole neurons and filters.
+    """
+    del path
+    nd = jnp.ndim(leaf)
+    return tuple(range(nd - 1)) if nd >= 2 else None
+
+
+def input_feature_groups(path, leaf) -> tuple[int, ...] | None:
+    """Group axes giving one group per input feature of a Dense kernel ``(in, out)``: axis 1 (a row).
+
+    Leaves with ``ndim != 2`` are left unregularised. This is the group-sparse input layer of neural
+    Granger causality (Tank et al. 2021) and of feature selection.
+    """
+    del path
+    return (1,) if jnp.ndim(leaf) == 2 else None
+
+
+def prox_group_l12(
+    lam: optax.ScalarOrSchedule = 1e-4,
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    *,
+    group_axes: GroupAxesOrFn = (1,),
+    weighting: str = "one",
+    mask: MaskOrFn = None,
+    newton_steps: int | None = None,
+) -> optax.GradientTransformation:
+    r"""Group lasso ``λ Σ_g w_g ‖θ_g‖₂`` by the exact preconditioned proximal step.
+
+    Per group ``g`` and with ``a_i = α_t/(C_{t,i}+δ)``, ``z = θ_t − α_t(C_t+δI)^{-1} m_t``:
+
+    .. math:: θ_{t+1,g} = \operatorname{argmin}_x\; λ w_g ‖x‖_2 + \sum_{i∈g} \frac{(x_i - z_i)^2}{2 a_i},
+
+    exactly zero iff ``‖z_g/a_g‖₂ ≤ λ w_g``, otherwise ``x_i = z_i ρ/(ρ + λ w_g a_i)`` with the radius ``ρ``
+    found by a fixed number of monotone Newton steps (float32: 4, float64: 6; relative objective gap below
+    1e-6 / 1e-15 with ``a_i`` spread over 16 decades). After a plain optax transform (no metric) this is
+    block soft thresholding with ``a_i = α_t``.
+
+    Example:
+      >>> import optax, proxgen_jax as pg
+      >>> from proxgen_jax.transforms.prox_group import prox_group_l12, output_unit_groups
+      >>> tx = optax.chain(pg.scale_by_adam_precond(),
+      ...                  prox_group_l12(1e-3, 1e-3, group_axes=output_unit_groups))  # prune neurons/filters
+
+    Args:
+      lam: ``λ ≥ 0``, a float or an optax schedule.
+      learning_rate: ``α_t > 0``, a float or an optax schedule.
+      group_axes: the axes one group spans, for every regularised leaf: an int or tuple of ints (Dense
+        ``(in, out)``: ``(1,)`` → one group per input feature, ``(0,)`` per output neuron; conv
+        ``(h, w, in, out)``: ``(0, 1, 2)`` per output filter), ``None`` (the whole leaf is one group), or a
+        callable ``(path, leaf) -> axes | None`` choosing per leaf, ``None`` leaving that leaf unregularised
+        (e.g. :func:`output_unit_groups`). Axes that do not fit a leaf raise ``ValueError`` naming its path.
+      weighting: ``"one"`` (``w_g = 1``) or ``"sqrt"`` (``w_g = √(group size)``).
+      mask: which leaves to regularise (``None``: all; e.g. :func:`~proxgen_jax.kernels_only` to skip biases).
+      newton_steps: override the number of Newton steps (``None``: 4 in float32, 6 in float64).
+
+    Returns:
+      An ``optax.GradientTransformation``; its ``update`` requires ``params``.
+
+    References:
+      Yun, Lozano & Yang, *Adaptive Proximal Gradient Methods for Structured Neural Networks*, NeurIPS 2021.
+      Yuan & Lin, *Model selection and estimation in regression with grouped variables*, JRSS-B 2006.
+    """
+    # Validates weighting / newton_steps / static axes now, at construction.
+    probe = GroupL12(None if callable(group_axes) else group_axes, weighting, newton_steps)
+
+    def choose(path, leaf):
+        axes = group_axes(path, leaf) if callable(group_axes) else probe.group_axes
+        if axes is None and callable(group_axes):
+            return None
+        try:
+            axes = normalize_axes(axes, jnp.ndim(leaf))
+        except ValueError as err:
+            raise ValueError(f"prox_group_l12: parameter {jax.tree_util.keystr(path)} with shape "
+                             f"{tuple(jnp.shape(leaf))}: {err} Use `mask` (e.g. proxgen_jax.kernels_only) or a "
+                             "callable `group_axes` to choose the leaves.") from None
+        return GroupL12(axes, weighting, newton_steps)
+
+    return proximal_step(choose, lam, learning_rate, mask=mask)

@@ -1,0 +1,246 @@
+"""The optax-facing behaviour of ``preconditioner → proximal_step`` chains."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import proxgen_jax as pg
+
+
+def _params(dtype=jnp.float32):
+    k = jax.random.PRNGKey(0)
+    return {
+        "dense": {"kernel": jax.random.normal(k, (6, 5), dtype) * 0.3, "bias": jnp.full((5,), 0.2, dtype)},
+        "conv": {"kernel": jax.random.normal(jax.random.fold_in(k, 1), (3, 3, 2, 4), dtype) * 0.3},
+    }
+
+
+def _grads(params, seed):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, x.dtype) * 0.1 for k, x in zip(keys, leaves)])
+
+
+def _run(tx, params, steps=5, jit=True):
+    state = tx.init(params)
+    step = jax.jit(tx.update) if jit else tx.update
+    for t in range(steps):
+        updates, state = step(_grads(params, t), state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def test_zero_lambda_is_exactly_optax_adam():
+    params = _params()
+    ours, _ = _run(optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(None, 0.0, 1e-2)), params)
+    ref, _ = _run(optax.adam(1e-2), params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), ours, ref)
+
+
+def test_card_line_runs_verbatim_with_documented_defaults():
+    params = _params()
+    card, _ = _run(optax.chain(pg.scale_by_adam_precond(), pg.prox_lq(q=0.5)), params, steps=3)
+    explicit, _ = _run(optax.chain(pg.scale_by_adam_precond(b1=0.9, b2=0.999, eps=1e-8),
+                                   pg.proximal_step(pg.Lq(0.5), lam=1e-4, learning_rate=1e-3)), params, steps=3)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), card, explicit)
+
+
+def test_euclidean_prox_after_plain_optax_transform_is_original_proxquant():
+    """After optax.scale_by_adam the metric is Euclidean: θ+ = prox_{αλR}(θ − α u) with a scalar step α."""
+    params = _params()
+    lr, lam = 0.05, 0.3
+    reg = pg.regularizers.binary(1.0)
+    tx = optax.chain(optax.scale_by_adam(), pg.proximal_step(reg, lam, lr))
+    state = tx.init(params)
+    adam = optax.scale_by_adam()
+    adam_state = adam.init(params)
+    g = _grads(params, 0)
+    updates, _ = tx.update(g, state, params)
+    u, _ = adam.update(g, adam_state, params)
+    expected = jax.tree.map(lambda p, d: reg.prox(p - lr * d, lr, lam), params, u)
+    got = optax.apply_updates(params, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, expected)
+    # ... and it differs from the revised (preconditioned-metric) step.
+    rev = optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, lam, lr))
+    rev_updates, _ = rev.update(g, rev.init(params), params)
+    assert not np.allclose(np.asarray(rev_updates["dense"]["kernel"]), np.asarray(updates["dense"]["kernel"]))
+
+
+@pytest.mark.parametrize("middle", [
+    optax.clip_by_global_norm(1.0), optax.scale(-1.0), optax.clip(0.1), optax.scale_by_learning_rate(1.0),
+    optax.add_noise(0.1, 0.5, 0)], ids=["clip_by_global_norm", "scale", "clip", "scale_by_lr", "add_noise"])
+def test_transform_between_preconditioner_and_prox_fails_loudly(middle):
+    params = _params()
+    tx = optax.chain(pg.scale_by_adam_precond(), middle, pg.prox_l1())
+    with pytest.raises(TypeError, match="preconditioner"):
+        tx.update(_grads(params, 0), tx.init(params), params)
+
+
+def test_weight_decay_between_fails_and_identity_passes():
+    params = _params()
+    bad = optax.chain(pg.scale_by_adam_precond(), optax.add_decayed_weights(1e-4), pg.prox_l1())
+    with pytest.raises((TypeError, ValueError)):
+        bad.update(_grads(params, 0), bad.init(params), params)
+    ok = optax.chain(pg.scale_by_adam_precond(), optax.identity(), pg.prox_l1())
+    ok.update(_grads(params, 0), ok.init(params), params)
+
+
+def test_preconditioner_output_refuses_arithmetic():
+    params = _params()
+    out, _ = pg.scale_by_adam_precond().update(_grads(params, 0), pg.scale_by_adam_precond().init(params))
+    with pytest.raises(TypeError, match="prox"):
+        _ = 2.0 * out
+    with pytest.raises(TypeError, match="prox"):
+        jnp.asarray(out)
+
+
+def test_wrappers_clip_multisteps_inject_apply_if_finite():
+    params = _params()
+    base = lambda: optax.chain(optax.clip_by_global_norm(1.0), pg.scale_by_adam_precond(),  # noqa: E731
+                               pg.prox_l1(lam=1e-2, learning_rate=1e-2))
+    _run(base(), params)
+    _run(optax.MultiSteps(base(), every_k_schedule=2), params, steps=4)
+    _run(optax.apply_if_finite(base(), max_consecutive_errors=3), params)
+    injected = optax.inject_hyperparams(pg.proxgen_adam, static_args=("regularizer",))(
+        learning_rate=1e-2, regularizer=pg.L1(), lam=1e-2)
+    out, state = _run(injected, params)
+    assert float(state.hyperparams["lam"]) == pytest.approx(1e-2)
+
+
+def test_inject_hyperparams_change_takes_effect():
+    params = _params()
+    tx = optax.inject_hyperparams(pg.proxgen_adam, static_args=("regularizer",))(
+        learning_rate=1e-2, regularizer=pg.L1(), lam=0.0)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    g = _grads(params, 0)
+    u0, _ = step(g, state, params)
+    state.hyperparams["lam"] = jnp.asarray(1e3)
+    u1, _ = step(g, state, params)
+    new = optax.apply_updates(params, u1)
+    assert pg.sparsity(new)["total"] == 1.0 and pg.sparsity(optax.apply_updates(params, u0))["total"] == 0.0
+
+
+def test_apply_if_finite_skips_nan_gradient_and_nan_never_becomes_zero():
+    params = _params()
+    nan_grads = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
+    for reg in [pg.L0(), pg.L1(), pg.Lq(0.5), pg.MCP(3.0), pg.SCAD(3.7), pg.regularizers.binary(0.5)]:
+        tx = optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, 1.0, 1.0))
+        updates, _ = tx.update(nan_grads, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        assert all(bool(jnp.all(jnp.isnan(x))) for x in jax.tree.leaves(new)), reg
+        safe = optax.apply_if_finite(tx, max_consecutive_errors=5)
+        updates, _ = safe.update(nan_grads, safe.init(params), params)
+        kept = optax.apply_updates(params, updates)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), kept, params)
+
+
+def test_jit_does_not_recompile_between_steps():
+    params = _params()
+    tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_lq(0.5, lam=1e-2, learning_rate=optax.cosine_decay_schedule(1e-2, 100)))
+    traces = []
+
+    @jax.jit
+    def step(p, s, g):
+        traces.append(1)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    for t in range(4):
+        params, state = step(params, state, _grads(params, t))
+    assert len(traces) == 1
+
+
+def test_vmap_over_lambda_equals_python_loop():
+    params = _params()
+    lams = jnp.array([0.0, 1e-3, 3e-2, 1e-1])
+
+    def train(lam):
+        tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_lq(0.5, lam=lam, learning_rate=1e-2))
+        p, s = params, tx.init(params)
+        for t in range(3):
+            u, s = tx.update(_grads(params, t), s, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    batched = jax.jit(jax.vmap(train))(lams)
+    for i, lam in enumerate(lams):
+        single = train(float(lam))
+        jax.tree.map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-6, atol=1e-7), batched, single)
+
+
+def test_bf16_params_stay_bf16():
+    params = _params(jnp.bfloat16)
+    for reg in [pg.L1(), pg.Lq(0.5), pg.regularizers.binary(1.0)]:
+        out, state = _run(optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, 1e-2, 1e-2)), params)
+        assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(out))
+
+
+def test_mu_dtype_and_state_matches_optax_adam_bytes():
+    params = _params()
+    ours = optax.chain(pg.scale_by_adam_precond(), pg.prox_l1()).init(params)
+    ref = optax.adam(1e-3).init(params)
+    nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
+    assert nbytes(ours) == nbytes(ref)
+    st = pg.scale_by_adam_precond(mu_dtype=jnp.bfloat16).init(params)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(st.mu))
+
+
+def test_mask_tree_callable_and_kernels_only():
+    params = _params()
+    params = jax.tree.map(lambda x: x * 1e-3, params)
+    tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_l1(lam=10.0, learning_rate=1e-2, mask=pg.kernels_only))
+    out, _ = _run(tx, params, steps=1)
+    assert float(jnp.mean(out["dense"]["kernel"] == 0)) == 1.0
+    assert float(jnp.mean(out["conv"]["kernel"] == 0)) == 1.0
+    assert float(jnp.mean(out["dense"]["bias"] == 0)) == 0.0
+    tree_mask = {"dense": {"kernel": False, "bias": False}, "conv": {"kernel": True}}
+    out2, _ = _run(optax.chain(pg.scale_by_adam_precond(), pg.prox_l1(lam=10.0, learning_rate=1e-2, mask=tree_mask)),
+                   params, steps=1)
+    assert float(jnp.mean(out2["dense"]["kernel"] == 0)) == 0.0 and float(jnp.mean(out2["conv"]["kernel"] == 0)) == 1.0
+
+
+def test_mask_mismatch_names_the_path():
+    params = _params()
+    with pytest.raises(ValueError, match=r"\['conv'\]\['kernel'\]"):
+        pg.prox_l1(mask={"dense": {"kernel": True, "bias": False}}).init(params)
+
+
+def test_schedules_for_lambda_and_learning_rate():
+    params = _params()
+    lam_sched = optax.linear_schedule(0.0, 1.0, 10)
+    lr_sched = optax.constant_schedule(1e-2)
+    tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_l1(lam=lam_sched, learning_rate=lr_sched))
+    state = tx.init(params)
+    g = _grads(params, 0)
+    u, state = tx.update(g, state, params)   # λ_0 = 0: plain Adam step
+    ref, _ = optax.adam(1e-2).update(g, optax.adam(1e-2).init(params), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), u, ref)
+    assert int(state[1].count) == 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pg.prox_lq(q=1.5), lambda: pg.prox_lq(q=-0.1), lambda: pg.prox_l1(lam=-1.0),
+    lambda: pg.prox_l1(learning_rate=0.0), lambda: pg.prox_l1(learning_rate=-1e-3),
+    lambda: pg.scale_by_adam_precond(eps=-1e-8), lambda: pg.scale_by_adam_precond(b1=1.0),
+    lambda: pg.scale_by_adam_precond(b2=-0.1), lambda: pg.prox_mcp(gamma=0.0), lambda: pg.prox_scad(gamma=1.0),
+    lambda: pg.prox_binary(q=2.0), lambda: pg.prox_l1(lam=float("nan")), lambda: pg.ema_momentum(1.0),
+    lambda: pg.scale_by_rmsprop_precond(decay=1.5), lambda: pg.scale_by_adagrad_precond(eps=-1.0),
+    lambda: pg.scale_by_sgd_precond(delta=0.0), lambda: pg.prox_quantize(levels=(1.0, 1.0)),
+], ids=["q>1", "q<0", "lam<0", "lr=0", "lr<0", "eps<0", "b1=1", "b2<0", "mcp_gamma0", "scad_gamma1", "binary_q2",
+        "lam_nan", "ema1", "rms_decay", "adagrad_eps", "sgd_delta", "levels_dup"])
+def test_invalid_arguments_raise_value_error_naming_the_argument(make):
+    with pytest.raises(ValueError, match="`"):
+        make()
+
+
+def test_update_without_params_is_a_clear_error():
+    params = _params()
+    tx = pg.prox_l1()
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params))
