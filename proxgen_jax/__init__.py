@@ -5,7 +5,7 @@ Floors, bottom to top: :mod:`proxgen_jax.regularizers` (pure math: value, prox, 
 :mod:`proxgen_jax.aliases` and :mod:`proxgen_jax.metrics` (ready optimizers and measurements).
 """
 
-from proxgen_jax import regularizers
+from proxgen_jax import baselines, regularizers
 from proxgen_jax.aliases import proxgen_adagrad, proxgen_adam, proxgen_rmsprop, proxgen_sgd, revised_proxquant
 from proxgen_jax.metrics import quantize, regularization_value, regularized_objective, sparsity
 from proxgen_jax.preconditioners import (
@@ -52,6 +52,7 @@ __all__ = [
     "ScaleByAdamPrecondState",
     "ScaleByAmsgradPrecondState",
     "ScaleByRmspropPrecondState",
+    "baselines",
     "ema_momentum",
     "kernels_only",
     "prox_binary",
