@@ -55,7 +55,7 @@ def make_params(shapes, key):
 
 
 def regularizer_rows() -> list[tuple[str, object, float]]:
-    """(name, regularizer, target ratio)."""
+    """(name, regularizer — or a per-leaf callable ``(path, leaf) -> Regularizer | None`` —, target ratio)."""
     R = pg.regularizers
     rows = [
         ("l0", R.L0(), 1.05),
@@ -68,11 +68,15 @@ def regularizer_rows() -> list[tuple[str, object, float]]:
         ("binary(q=1)", R.binary(1.0), 1.10),
         ("binary(q=1/2)", R.binary(0.5), 1.10),
     ]
-    try:  # group ℓ1,2 (issue 3) when available
-        from proxgen_jax.regularizers.group_l12 import GroupL12  # noqa: PLC0415
-        rows.append(("group l1,2", GroupL12(group_axes=(0, 1, 2)), 1.30))
-    except ImportError:
-        pass
+    # Group ℓ1,2: one group per output filter / neuron of every conv and Dense kernel; 1-D leaves plain Adam.
+    from proxgen_jax.regularizers.group_l12 import GroupL12  # noqa: PLC0415
+    from proxgen_jax.transforms.prox_group import output_unit_groups  # noqa: PLC0415
+
+    def group(path, leaf):
+        axes = output_unit_groups(path, leaf)
+        return None if axes is None else GroupL12(group_axes=axes)
+
+    rows.append(("group l1,2", group, 1.30))
     return rows
 
 

@@ -95,7 +95,9 @@ def scale_by_adam_precond(
             nu_hat = nu_max
         metric = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, nu_hat)
         direction = jax.tree.map(jnp.divide, mu_hat, metric)
-        mu = otu.tree_cast(mu, mu_dtype)
+        # Keep the state's dtypes (bf16 moments stay bf16 even when hyperparameters are float32 arrays).
+        mu = otu.tree_cast_like(mu, state.mu)
+        nu = otu.tree_cast_like(nu, state.nu)
         if amsgrad:
             new_state = ScaleByAmsgradPrecondState(count, mu, nu, nu_max)
         else:

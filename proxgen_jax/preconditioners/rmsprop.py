@@ -52,10 +52,11 @@ def scale_by_rmsprop_precond(
 
     def update_fn(updates, state, params=None):
         del params
+        use_mu = not (isinstance(state.mu, tuple) and len(state.mu) == 0)  # static: decided by init
         nu = otu.tree_update_moment_per_elem_norm(updates, state.nu, decay, 2)
-        mu = otu.tree_update_moment(updates, state.mu, momentum, 1) if momentum else ()
+        mu = otu.tree_update_moment(updates, state.mu, momentum, 1) if use_mu else ()
         metric = jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu)
-        direction = jax.tree.map(jnp.divide, mu if momentum else updates, metric)
+        direction = jax.tree.map(jnp.divide, mu if use_mu else updates, metric)
         return PreconditionedUpdates(direction, metric), ScaleByRmspropPrecondState(nu, mu)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -63,10 +63,9 @@ class Lq(ElementwiseRegularizer):
         z, step, lam = prox_args(z, step, lam)
         t = jnp.abs(z)
         mu = step * lam
-        # r = μ t^{q−2}: +inf at t = 0 (prox 0), 0 when μ = 0 (identity), NaN when z is NaN.
-        t_safe = jnp.where(t == 0, jnp.ones_like(t), t)
-        r = jnp.where(t == 0, jnp.inf, _ratio(mu, t_safe, self.q))
-        r = jnp.where(mu == 0, jnp.zeros_like(r), r)
+        # r = μ t^{q−2}: +inf at t = 0 (prox 0; rsqrt/exp∘log give inf there), 0 when μ = 0 (identity — the
+        # select also removes the 0·inf NaN at t = μ = 0), NaN when z or μ is NaN.
+        r = jnp.where(mu == 0, jnp.zeros_like(mu), _ratio(mu, t, self.q))
         r_star = threshold_ratio(self.q)
         w = nonzero_root(jnp.minimum(r, r_star), self.q)
         return jnp.where(r >= r_star, jnp.zeros_like(z), z * w)

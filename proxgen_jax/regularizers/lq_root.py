@@ -13,8 +13,8 @@ is analytic on the whole interval, so a polynomial of degree 4–7 in ``s`` reac
 relative accuracy as ``r → 0``. The degree (and, where the expansion alone falls short, a number of Newton
 polishing steps on the convex polynomial ``P(v) = v^{2d−n} − v^{d−n} + r·q``, started above the root) is chosen
 per ``(q, dtype)`` on the host, once, by measuring the error of the very evaluation used here against a float64
-bisection. The training step then costs one square root, a short Horner loop and a few multiplications — no
-``cbrt``, ``arccos`` or ``pow``.
+bisection. The training step then costs one square root, two short Horner loops (even and odd parts in ``s²``) and a few
+multiplications — no ``cbrt``, ``arccos`` or ``pow``.
 """
 
 from __future__ import annotations
@@ -91,17 +91,24 @@ def _newton(v, r, q, d, n, xp):
 
 def _evaluate(tab: _RootTable, r, q, xp):
     """``v(r)`` for ``r ∈ [0, r*]`` in the dtype of ``r`` — the one evaluation used on host and device."""
-    s = xp.sqrt(1 - r * (1.0 / tab.r_fold))
+    u = 1 - r * (1.0 / tab.r_fold)  # u = s²
     if tab.clenshaw:
-        x = (s - tab.s_lo) * (2.0 / (1.0 - tab.s_lo)) - 1
+        x = (xp.sqrt(u) - tab.s_lo) * (2.0 / (1.0 - tab.s_lo)) - 1
         b1, b2 = 0 * x, 0 * x
         for c in tab.coeffs[:0:-1]:
             b1, b2 = 2 * x * b1 - b2 + c, b1
         phi = x * b1 - b2 + tab.coeffs[0]
     else:
-        phi = 0 * s + tab.coeffs[-1]
-        for c in tab.coeffs[-2::-1]:
-            phi = phi * s + c
+        # φ(s) = E(s²) + s·O(s²): the square root is taken once and used once, which keeps XLA's loop fusion
+        # of the whole optimizer step intact (an expensive op with many users gets materialised instead).
+        even, odd = tab.coeffs[0::2], tab.coeffs[1::2]
+        e = 0 * u + even[-1]
+        for c in even[-2::-1]:
+            e = e * u + c
+        o = 0 * u + odd[-1]
+        for c in odd[-2::-1]:
+            o = o * u + c
+        phi = e + xp.sqrt(u) * o
     v = 1 - r * phi
     if tab.polish:
         v = xp.minimum(v * (1 + tab.start_bias), 1)
