@@ -6,7 +6,14 @@ Floors, bottom to top: :mod:`proxgen_jax.regularizers` (pure math: value, prox, 
 """
 
 from proxgen_jax import baselines, regularizers
-from proxgen_jax.aliases import proxgen_adagrad, proxgen_adam, proxgen_rmsprop, proxgen_sgd, revised_proxquant
+from proxgen_jax.aliases import (
+    proxgen_adagrad,
+    proxgen_adam,
+    proxgen_kfac,
+    proxgen_rmsprop,
+    proxgen_sgd,
+    revised_proxquant,
+)
 from proxgen_jax.metrics import quantize, regularization_value, regularized_objective, sparsity
 from proxgen_jax.preconditioners import (
     EmaMomentumState,
@@ -16,6 +23,9 @@ from proxgen_jax.preconditioners import (
     ScaleByAmsgradPrecondState,
     ScaleByRmspropPrecondState,
     ema_momentum,
+    kfac_value_and_grad,
+    scale_by_full_matrix_precond,
+    scale_by_kfac_precond,
     scale_by_adagrad_precond,
     scale_by_adam_precond,
     scale_by_rmsprop_precond,
@@ -25,6 +35,7 @@ from proxgen_jax.regularizers import MCP, SCAD, L0, L1, Lq, Quantization, Regula
 from proxgen_jax.transforms import (
     ProximalStepState,
     kernels_only,
+    proximal_step_metric,
     prox_binary,
     prox_l0,
     prox_l1,
@@ -63,8 +74,10 @@ __all__ = [
     "prox_quantize",
     "prox_scad",
     "proximal_step",
+    "proximal_step_metric",
     "proxgen_adagrad",
     "proxgen_adam",
+    "proxgen_kfac",
     "proxgen_rmsprop",
     "proxgen_sgd",
     "quantize",
@@ -74,6 +87,9 @@ __all__ = [
     "revised_proxquant",
     "scale_by_adagrad_precond",
     "scale_by_adam_precond",
+    "scale_by_full_matrix_precond",
+    "scale_by_kfac_precond",
+    "kfac_value_and_grad",
     "scale_by_rmsprop_precond",
     "scale_by_sgd_precond",
     "sparsity",

@@ -6,12 +6,14 @@ import optax
 
 from proxgen_jax.preconditioners import (
     scale_by_adagrad_precond,
+    scale_by_kfac_precond,
     scale_by_adam_precond,
     scale_by_rmsprop_precond,
     scale_by_sgd_precond,
 )
 from proxgen_jax.regularizers import Quantization, Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn
+from proxgen_jax.transforms.prox_metric import proximal_step_metric
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 
@@ -64,6 +66,19 @@ def proxgen_sgd(learning_rate: optax.ScalarOrSchedule = 1e-2, regularizer: Regul
                 mask: MaskOrFn = None) -> optax.GradientTransformation:
     """Proximal SGD with the paper's EMA momentum (``C_t = 0``, ``δ = 1``)."""
     return optax.chain(scale_by_sgd_precond(momentum), proximal_step(regularizer, lam, learning_rate, mask=mask))
+
+
+def proxgen_kfac(learning_rate: optax.ScalarOrSchedule = 1e-2, regularizer: Regularizer | None = None,
+                 lam: optax.ScalarOrSchedule = 1e-4, momentum: float = 0.9, decay: float = 0.95,
+                 damping: float = 1e-3, *, update_every: int = 10, inner_steps: int = 20, fallback=None,
+                 mask: MaskOrFn = None) -> optax.GradientTransformation:
+    """Proximal KFAC (Sec. 2): ``C_{t,[l]} = E[δδᵀ] ⊗ E[aaᵀ]`` per Dense layer, prox by an inner accelerated
+    proximal-gradient solve in that metric. Pass ``kfac_stats=`` to ``update`` (see
+    :func:`~proxgen_jax.preconditioners.kfac_value_and_grad`); ``fallback`` preconditions the other leaves.
+    """
+    return optax.chain(
+        scale_by_kfac_precond(momentum, decay, damping, update_every=update_every, fallback=fallback),
+        proximal_step_metric(regularizer, lam, learning_rate, inner_steps=inner_steps, mask=mask))
 
 
 def revised_proxquant(

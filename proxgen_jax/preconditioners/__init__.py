@@ -7,11 +7,39 @@ from proxgen_jax.preconditioners.adam import (
     scale_by_adam_precond,
 )
 from proxgen_jax.preconditioners.direction import PreconditionedUpdates, split_updates
+from proxgen_jax.preconditioners.full_matrix import (
+    DenseMetric,
+    MetricOperator,
+    ScaleByFullMatrixPrecondState,
+    scale_by_full_matrix_precond,
+)
+from proxgen_jax.preconditioners.kfac import (
+    KroneckerFactors,
+    KroneckerMetric,
+    ScaleByKfacPrecondState,
+    bias_factors,
+    dense_factors,
+    dense_layers,
+    kfac_value_and_grad,
+    scale_by_kfac_precond,
+)
 from proxgen_jax.preconditioners.momentum import EmaMomentumState, ema_momentum
 from proxgen_jax.preconditioners.rmsprop import ScaleByRmspropPrecondState, scale_by_rmsprop_precond
 from proxgen_jax.preconditioners.sgd import scale_by_sgd_precond
 
 __all__ = [
+    "DenseMetric",
+    "KroneckerFactors",
+    "KroneckerMetric",
+    "MetricOperator",
+    "ScaleByFullMatrixPrecondState",
+    "ScaleByKfacPrecondState",
+    "bias_factors",
+    "dense_factors",
+    "dense_layers",
+    "kfac_value_and_grad",
+    "scale_by_full_matrix_precond",
+    "scale_by_kfac_precond",
     "EmaMomentumState",
     "PreconditionedUpdates",
     "ScaleByAdagradPrecondState",

@@ -21,8 +21,9 @@ kernel–bias cross term of Martens & Grosse's homogeneous-coordinate variant is
 metric self-contained and the prox per leaf.
 
 **The metric and damping.** The running factors are EMAs ``A_t = β A_{t−1} + (1−β) A_B`` (bias-corrected
-like Adam's moments); every ``update_every`` steps their eigendecompositions are refreshed, and between
-refreshes the last ones are used for both the direction and the prox, so both always see the same ``M``:
+like Adam's moments); every ``update_every`` steps their eigendecompositions are refreshed (at every step
+during the first ``warmup`` steps), and between refreshes the last ones are used for both the direction and
+the prox, so both always see the same ``M``:
 
 * ``damping_mode="exact"`` (default): ``M = A ⊗ G + δI`` — exactly the paper's ``C_t + δI``, inverted in the
   factors' eigenbasis (``(λ_i^A λ_j^G + δ)^{-1}``);
@@ -105,7 +106,7 @@ def _matrix_shape(shape) -> tuple[int, int]:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KroneckerMetric(MetricOperator):
-    r"""``M = Ã ⊗ G̃ + s I`` acting on a leaf seen as the matrix ``X`` (``(d_in, d_out)``): ``M X = Ã X G̃ + s X``.
+    r"""``M = Ã ⊗ G̃ + s I`` on a leaf seen as the matrix ``X`` (``(d_in, d_out)``): ``M X = Ã X G̃ + s X``.
 
     ``Ã = U_A diag(e_A) U_Aᵀ`` and ``G̃ = U_G diag(e_G) U_Gᵀ`` are the (damped) factors, stored with their
     eigendecompositions so that ``M^{-1} X = U_A [(U_Aᵀ X U_G) / (e_A e_Gᵀ + s)] U_Gᵀ``,
@@ -239,6 +240,7 @@ def scale_by_kfac_precond(
     *,
     damping_mode: str = "exact",
     update_every: int = 10,
+    warmup: int = 20,
     bias_correction: bool = True,
     factored: MaskOrFn = dense_layers,
     fallback: optax.GradientTransformation | None = None,
@@ -277,7 +279,9 @@ def scale_by_kfac_precond(
       decay: factor EMA decay ``β`` in ``[0, 1)``.
       damping: ``δ > 0``.
       damping_mode: ``"exact"`` (``A⊗G + δI``) or ``"factored"`` (π-splitting).
-      update_every: eigendecomposition refresh period ``k ≥ 1`` (the first step always refreshes).
+      update_every: eigendecomposition refresh period ``k ≥ 1``.
+      warmup: the first ``warmup`` steps refresh at every step (the early factor EMAs change fast; a stale
+        early metric can make the first steps diverge).
       bias_correction: debias the momentum and the factor EMAs.
       factored: which leaves get Kronecker factors (mask or callable; default :func:`dense_layers`).
       fallback: a diagonal ProxGen preconditioner for the other leaves (e.g. ``scale_by_adam_precond()``);
@@ -296,6 +300,8 @@ def scale_by_kfac_precond(
         raise ValueError(f"`damping_mode` must be one of {_MODES}, got {damping_mode!r}.")
     if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
         raise ValueError(f"`update_every` must be an int ≥ 1, got {update_every!r}.")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"`warmup` must be an int ≥ 0, got {warmup!r}.")
     if fallback is not None and not hasattr(fallback, "update"):
         raise ValueError(f"`fallback` must be an optax GradientTransformation or None, got {fallback!r}.")
 
@@ -336,7 +342,7 @@ def scale_by_kfac_precond(
                              "`update(grads, state, params, kfac_stats=stats)` (see kfac_value_and_grad).")
         stats = _flat_stats(kfac_stats) if kfac_stats is not None else {}
         count = optax.safe_increment(state.count)
-        refresh = (count - 1) % update_every == 0
+        refresh = jnp.logical_or(count <= warmup, (count - 1) % update_every == 0)
 
         new_layers, batch = [], []
         for (path, g), f, ls in zip(flat_with_path, flags, state.layers):

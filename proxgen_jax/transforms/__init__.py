@@ -10,9 +10,23 @@ from proxgen_jax.transforms.prox_transforms import (
     prox_quantize,
     prox_scad,
 )
+from proxgen_jax.transforms.prox_metric import (
+    DiagonalMetric,
+    MetricProxResult,
+    ProximalStepMetricState,
+    proximal_step_metric,
+    solve_metric_prox,
+    subproblem_objective,
+)
 from proxgen_jax.transforms.proximal_step import ProximalStepState, proximal_step
 
 __all__ = [
+    "DiagonalMetric",
+    "MetricProxResult",
+    "ProximalStepMetricState",
+    "proximal_step_metric",
+    "solve_metric_prox",
+    "subproblem_objective",
     "ProximalStepState",
     "kernels_only",
     "prox_binary",

@@ -65,7 +65,11 @@ def resolve_mask(mask: MaskOrFn, params: Any, *, what: str = "mask") -> list[boo
     tree = mask(params) if callable(mask) else mask
     where = first_mismatch(params, tree)
     if where is not None:
-        raise ValueError(f"`{what}` does not match the parameter tree at {where}.")
+        hint = ""
+        if isinstance(tree, jax.Array) and jnp.ndim(tree) == 0:
+            hint = (" (a scalar array: under optax.inject_hyperparams a callable mask is taken for a schedule; "
+                    "pass static_args=('mask',))")
+        raise ValueError(f"`{what}` does not match the parameter tree at {where}{hint}.")
     flat = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         try:

@@ -40,6 +40,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -79,7 +80,7 @@ class DiagonalMetric(MetricOperator):
 
 
 def as_operator(metric: Any, shape: tuple, dtype) -> MetricOperator:
-    """``metric`` as a :class:`MetricOperator`: operators pass through, arrays/scalars become diagonal, ``None`` is ``I``."""
+    """``metric`` as a :class:`MetricOperator`: operators as they are, arrays diagonal, ``None`` the identity."""
     if isinstance(metric, MetricOperator):
         return metric
     if metric is None:
@@ -159,6 +160,16 @@ def solve_metric_prox(
     op = as_operator(metric, u.shape, dt)
     step = jnp.asarray(step, dt)
     lam = jnp.asarray(lam, dt)
+    if init is None:
+        init = regularizer.prox(u, step / op.diagonal().astype(dt), lam)
+    x0 = jnp.asarray(init).astype(dt)
+    return _solve(regularizer, jnp.asarray(inner_steps, jnp.int32), u, op, step, lam, x0, jnp.asarray(tol, dt),
+                  jnp.asarray(sufficient_decrease, dt))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _solve(regularizer, inner_steps, u, op, step, lam, x0, tol, eta) -> MetricProxResult:
+    dt = u.dtype
     lmax = jnp.asarray(op.max_eigenvalue(), dt)
     inner_step = step / lmax  # 1/L with L = λ_max(M)/α
 
@@ -171,13 +182,8 @@ def solve_metric_prox(
     def objective(x, mx):
         return jnp.vdot(x - u, mx) / (2 * step) + regularizer.value(x, lam).astype(dt)
 
-    if init is None:
-        init = regularizer.prox(u, step / op.diagonal().astype(dt), lam)
-    x0 = jnp.asarray(init).astype(dt)
     m0 = mres(x0)
     f0 = objective(x0, m0)
-    eta = jnp.asarray(sufficient_decrease, dt)
-    tol = jnp.asarray(tol, dt)
     tiny = jnp.finfo(dt).tiny
 
     def cond(carry):
@@ -289,7 +295,8 @@ def proximal_step_metric(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
-            raise ValueError("proximal_step_metric needs the current parameters: call `update(updates, state, params)`.")
+            raise ValueError("proximal_step_metric needs the current parameters: "
+                             "call `update(updates, state, params)`.")
         direction, metric = split_updates(updates)
         where = first_mismatch(params, direction)
         if where is not None:
