@@ -7,8 +7,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from proxgen_jax.regularizers import Quantization, Regularizer
+from proxgen_jax.regularizers import Quantization
 from proxgen_jax.transforms.masks import MaskOrFn, resolve_mask
+from proxgen_jax.transforms.proximal_step import RegularizerOrFn, resolve_regularizers
 
 
 def sparsity(params: Any, mask: MaskOrFn = None) -> dict[str, jax.Array]:
@@ -29,14 +30,16 @@ def sparsity(params: Any, mask: MaskOrFn = None) -> dict[str, jax.Array]:
     return out
 
 
-def regularization_value(params: Any, regularizer: Regularizer, lam, mask: MaskOrFn = None) -> jax.Array:
-    """``λ·R(θ)`` summed over the leaves selected by ``mask``."""
-    flags = resolve_mask(mask, params)
-    vals = [regularizer.value(leaf, lam) for leaf, on in zip(jax.tree.leaves(params), flags) if on]
+def regularization_value(params: Any, regularizer: RegularizerOrFn, lam, mask: MaskOrFn = None) -> jax.Array:
+    """``λ·R(θ)`` summed over the leaves selected by ``mask`` (``regularizer`` may be chosen per leaf, as in
+    :func:`~proxgen_jax.proximal_step`)."""
+    regs = resolve_regularizers(regularizer, params, mask)
+    vals = [reg.value(leaf, lam).astype(jnp.float32) for leaf, reg in zip(jax.tree.leaves(params), regs)
+            if reg is not None]
     return sum(vals, jnp.zeros([], jnp.float32))
 
 
-def regularized_objective(loss_fn: Callable[..., jax.Array], params: Any, regularizer: Regularizer, lam,
+def regularized_objective(loss_fn: Callable[..., jax.Array], params: Any, regularizer: RegularizerOrFn, lam,
                           *args, mask: MaskOrFn = None, **kwargs) -> jax.Array:
     """``F(θ) = f(θ) + λR(θ)`` with ``f = loss_fn(params, *args, **kwargs)``."""
     return loss_fn(params, *args, **kwargs) + regularization_value(params, regularizer, lam, mask)

@@ -14,7 +14,8 @@ def _path_str(path) -> str:
     return jax.tree_util.keystr(path) if path else "<root>"
 
 
-def _key_name(key) -> str:
+def key_name(key) -> str:
+    """The plain name of one pytree key (dict key, attribute name, or sequence index)."""
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):
             return str(getattr(key, attr))
@@ -28,7 +29,7 @@ def kernels_only(params: Any) -> Any:
     (no ``kernel`` in the path) fall back to "arrays with ``ndim ≥ 2``".
     """
     def is_kernel(path, leaf):
-        names = [_key_name(k) for k in path]
+        names = [key_name(k) for k in path]
         if any(n == "kernel" for n in names):
             return True
         if any(n in ("bias", "scale", "embedding") for n in names):
