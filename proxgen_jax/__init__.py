@@ -31,10 +31,13 @@ from proxgen_jax.preconditioners import (
     scale_by_rmsprop_precond,
     scale_by_sgd_precond,
 )
-from proxgen_jax.regularizers import MCP, SCAD, L0, L1, Lq, Quantization, Regularizer
+from proxgen_jax.regularizers import MCP, SCAD, GroupL12, L0, L1, Lq, Quantization, Regularizer
 from proxgen_jax.transforms import (
     ProximalStepState,
+    input_feature_groups,
     kernels_only,
+    output_unit_groups,
+    prox_group_l12,
     proximal_step_metric,
     prox_binary,
     prox_l0,
@@ -54,6 +57,7 @@ __all__ = [
     "MCP",
     "SCAD",
     "EmaMomentumState",
+    "GroupL12",
     "Lq",
     "PreconditionedUpdates",
     "ProximalStepState",
@@ -65,7 +69,10 @@ __all__ = [
     "ScaleByRmspropPrecondState",
     "baselines",
     "ema_momentum",
+    "input_feature_groups",
     "kernels_only",
+    "output_unit_groups",
+    "prox_group_l12",
     "prox_binary",
     "prox_l0",
     "prox_l1",

@@ -1,6 +1,7 @@
 """Regularizers: value, prox with a per-coordinate step, and subgradient — elementwise, shape-agnostic."""
 
 from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
+from proxgen_jax.regularizers.group_l12 import GroupL12
 from proxgen_jax.regularizers.l0 import L0
 from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax.regularizers.lq import Lq, lq
@@ -10,6 +11,7 @@ from proxgen_jax.regularizers.scad import SCAD
 
 __all__ = [
     "ElementwiseRegularizer",
+    "GroupL12",
     "L0",
     "L1",
     "MCP",

@@ -10,6 +10,7 @@ from proxgen_jax.transforms.prox_transforms import (
     prox_quantize,
     prox_scad,
 )
+from proxgen_jax.transforms.prox_group import input_feature_groups, output_unit_groups, prox_group_l12
 from proxgen_jax.transforms.prox_metric import (
     DiagonalMetric,
     MetricProxResult,
@@ -21,6 +22,9 @@ from proxgen_jax.transforms.prox_metric import (
 from proxgen_jax.transforms.proximal_step import ProximalStepState, proximal_step
 
 __all__ = [
+    "input_feature_groups",
+    "output_unit_groups",
+    "prox_group_l12",
     "DiagonalMetric",
     "MetricProxResult",
     "ProximalStepMetricState",

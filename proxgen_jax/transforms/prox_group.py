@@ -59,9 +59,13 @@ def prox_group_l12(
     .. math:: θ_{t+1,g} = \operatorname{argmin}_x\; λ w_g ‖x‖_2 + \sum_{i∈g} \frac{(x_i - z_i)^2}{2 a_i},
 
     exactly zero iff ``‖z_g/a_g‖₂ ≤ λ w_g``, otherwise ``x_i = z_i ρ/(ρ + λ w_g a_i)`` with the radius ``ρ``
-    found by a fixed number of monotone Newton steps (float32: 4, float64: 6; relative objective gap below
-    1e-6 / 1e-15 with ``a_i`` spread over 16 decades). After a plain optax transform (no metric) this is
-    block soft thresholding with ``a_i = α_t``.
+    found by a fixed number of monotone Newton steps (float32: 4, float64: 6; worst relative objective gap
+    measured 2e-7 / 6e-16 with ``a_i`` spread over 16 decades). After a plain optax transform (no metric) this
+    is block soft thresholding with ``a_i = α_t``.
+
+    Cost: the Newton steps make this several times the cost of an elementwise prox (on a 2-core CPU with a
+    ResNet-34-shaped tree, ~6× the ``optax.adam`` step time; ``newton_steps=2`` ~5×, at a worst-case objective
+    gap of 2e-4); the Euclidean closed form costs ~1.3×.
 
     Example:
       >>> import optax, proxgen_jax as pg
