@@ -32,6 +32,9 @@ BENCHMARKS = [  # (name, script) — skipped when the script does not exist
     ("pytorch", "pytorch_side_by_side.py"),
     ("step_overhead", "step_overhead.py"),
     ("lasso_support", "lasso_support.py"),
+    ("granger_causality", "granger_causality.py"),
+    ("kfac_digits", "kfac_digits.py"),
+    ("target_sparsity", "target_sparsity.py"),
 ]
 
 
@@ -248,7 +251,10 @@ def write_report(times: dict[str, float] | None = None, quick: bool = False) -> 
               f"JAX compile time {pt['jax_compile_s']:.1f} s is excluded from the step time.", ""]
     else:
         L += [(pt or {}).get("skipped", "_not run_"), ""]
-    for name, title in (("step_overhead", "Step overhead"), ("lasso_support", "Lasso support recovery")):
+    for name, title in (("step_overhead", "Step overhead"), ("lasso_support", "Lasso support recovery"),
+                        ("granger_causality", "Granger causality with group ℓ1,2 (paper's appendix task)"),
+                        ("kfac_digits", "Proximal KFAC on digits"),
+                        ("target_sparsity", "Target sparsity controller")):
         L += [f"## {title} (`benchmarks/{name}.py`)", "", _tail_table(_read(os.path.join(RESULTS, name, "stdout.txt"))), ""]
         if os.path.exists(os.path.join(RESULTS, name, f"{name}.png")):
             L += [f"![{name}](benchmarks/results/{name}/{name}.png)", ""]

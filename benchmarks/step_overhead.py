@@ -6,7 +6,7 @@ BatchNorm scales/biases, the final Dense. Every regulariser row is timed interle
 sizes. Targets (issue 2): ≤ 1.05 for ℓ0/ℓ1, ≤ 1.10 for the others; ≤ 1.30 for group ℓ1,2.
 
 Usage:
-  python benchmarks/step_overhead.py [--quick] [--out DIR] [--rounds N]
+  python benchmarks/step_overhead.py [--quick] [--out DIR] [--rounds N] [--only l1/2,l2/3]
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="ResNet-34 at width 16 (~1.3M params), few rounds")
     ap.add_argument("--out", default=None, help="directory for step_overhead.json")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated row names to run (default: all)")
     args = ap.parse_args(argv)
 
     width = 16 if args.quick else 64
@@ -129,7 +130,10 @@ def main(argv=None):
     print(f"ResNet-34-shaped tree: {n / 1e6:.2f}M float32 params, backend {jax.default_backend()}, "
           f"{os.cpu_count()} CPUs; median of {rounds} rounds x {reps} reps")
     print(f"{'regularizer':16s} {'ours ms':>9s} {'adam ms':>9s} {'ratio':>7s} {'target':>7s} {'state bytes ratio':>18s}")
+    only = set(args.only.split(",")) if args.only else None
     for name, reg, target in regularizer_rows():
+        if only is not None and name not in only:
+            continue
         tx = optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, lam, lr))
         state = tx.init(params)
         step = make_step(tx)

@@ -14,7 +14,12 @@ from proxgen_jax.aliases import (
     proxgen_sgd,
     revised_proxquant,
 )
-from proxgen_jax.metrics import quantize, regularization_value, regularized_objective, sparsity
+from proxgen_jax.metrics import (
+    quantize,
+    regularization_value,
+    regularized_objective,
+    sparsity,
+)
 from proxgen_jax.preconditioners import (
     EmaMomentumState,
     PreconditionedUpdates,
@@ -24,22 +29,30 @@ from proxgen_jax.preconditioners import (
     ScaleByRmspropPrecondState,
     ema_momentum,
     kfac_value_and_grad,
-    scale_by_full_matrix_precond,
-    scale_by_kfac_precond,
     scale_by_adagrad_precond,
     scale_by_adam_precond,
+    scale_by_full_matrix_precond,
+    scale_by_kfac_precond,
     scale_by_rmsprop_precond,
     scale_by_sgd_precond,
 )
-from proxgen_jax.regularizers import MCP, SCAD, GroupL12, L0, L1, Lq, Quantization, Regularizer
+from proxgen_jax.regularizers import (
+    L0,
+    L1,
+    MCP,
+    SCAD,
+    GroupL12,
+    Lq,
+    Quantization,
+    Regularizer,
+)
 from proxgen_jax.transforms import (
     ProximalStepState,
     input_feature_groups,
     kernels_only,
     output_unit_groups,
-    prox_group_l12,
-    proximal_step_metric,
     prox_binary,
+    prox_group_l12,
     prox_l0,
     prox_l1,
     prox_lq,
@@ -47,6 +60,9 @@ from proxgen_jax.transforms import (
     prox_quantize,
     prox_scad,
     proximal_step,
+    proximal_step_metric,
+    target_sparsity,
+    target_sparsity_info,
 )
 
 __version__ = "0.1.0"
@@ -100,4 +116,6 @@ __all__ = [
     "scale_by_rmsprop_precond",
     "scale_by_sgd_precond",
     "sparsity",
+    "target_sparsity",
+    "target_sparsity_info",
 ]

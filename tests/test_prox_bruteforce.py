@@ -125,3 +125,22 @@ def test_penalty_matches_definition(name, reg, kind, kw, thresholds):
     ref = penalty(kind, x.astype(np.float32).astype(np.float64), lam, **kw)
     np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-7)
     assert float(reg.value(jnp.asarray(x, jnp.float32), lam)) == pytest.approx(ref.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
+def test_prox_edge_values(name, reg, kind, kw, thresholds, dtype):
+    """λ = 0 is the identity (also at z = 0 and the smallest normal z); huge steps and tiny z stay finite.
+
+    (XLA:CPU flushes subnormals to zero, so they are not tested.)
+    """
+    tiny = np.finfo(dtype).tiny
+    z = np.array([0.0, -0.0, 1.0, -2.5, tiny, -tiny, 1e-30, 3.0], dtype)
+    with jax.enable_x64(dtype == np.float64):
+        x0 = np.asarray(reg.prox(jnp.asarray(z), jnp.asarray(1.0, dtype), jnp.asarray(0.0, dtype)))
+        np.testing.assert_array_equal(x0, z)
+        xs = np.asarray(reg.prox(jnp.asarray(z), jnp.asarray(1e12, dtype), jnp.asarray(0.5, dtype)))
+    assert np.all(np.isfinite(xs))
+    x_bf, f_bf = brute_force_prox(kind, z.astype(np.float64), 1e12, 0.5, **kw)
+    gap = relative_gap(kind, xs, z.astype(np.float64), 1e12, 0.5, f_bf, **kw)
+    assert np.all(gap <= TOL[dtype] + 1e-300), (xs, x_bf)

@@ -25,8 +25,10 @@ class L0(ElementwiseRegularizer):
 
     def prox(self, z, step, lam):
         z, step, lam = prox_args(z, step, lam)
-        # Written so that NaN fails the test and flows through as ``z``.
-        return jnp.where(z * z <= 2 * step * lam, jnp.zeros_like(z), z)
+        # Written so that NaN fails the test and flows through as ``z``; μ > 0 keeps λ = 0 an exact identity
+        # even where z² underflows.
+        mu2 = 2 * step * lam
+        return jnp.where((z * z <= mu2) & (mu2 > 0), jnp.zeros_like(z), z)
 
     def subgradient(self, x, lam):
         x, _ = penalty_args(x, lam)

@@ -51,7 +51,8 @@ class MCP(ElementwiseRegularizer):
         firm = z - jnp.sign(z) * (a * (g * lam - t)) / gap
         firm = jnp.where(firm * z < 0, jnp.zeros_like(z), firm)  # cancellation must not flip the sign
         x_convex = jnp.where(t <= al, jnp.zeros_like(z), jnp.where(t <= g * lam, firm, z))
-        x_hard = jnp.where(t * t <= lam * lam * (a * g), jnp.zeros_like(z), z)
+        bound = lam * lam * (a * g)
+        x_hard = jnp.where((t * t <= bound) & (bound > 0), jnp.zeros_like(z), z)
         return jnp.where(convex, x_convex, x_hard)
 
     def subgradient(self, x, lam):

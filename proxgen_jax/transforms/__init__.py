@@ -20,8 +20,20 @@ from proxgen_jax.transforms.prox_metric import (
     subproblem_objective,
 )
 from proxgen_jax.transforms.proximal_step import ProximalStepState, proximal_step
+from proxgen_jax.transforms.target_sparsity import (
+    TargetSparsityState,
+    sparsity_of,
+    sparsity_ramp,
+    target_sparsity,
+    target_sparsity_info,
+)
 
 __all__ = [
+    "TargetSparsityState",
+    "sparsity_of",
+    "sparsity_ramp",
+    "target_sparsity",
+    "target_sparsity_info",
     "input_feature_groups",
     "output_unit_groups",
     "prox_group_l12",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -24,8 +24,8 @@ _DENSITY_FLOOR = 1e-3
 class TargetSparsityState(NamedTuple):
     """State of :func:`target_sparsity`; every field is logged per step.
 
-    Fields are scalars (``per_leaf=False``) or vectors with one entry per regularised leaf, in the order of
-    ``jax.tree.leaves(params)`` (``per_leaf=True``).
+    ``log_lam``, ``integral``, ``sparsity`` and ``peak_excess`` are scalars (``per_leaf=False``) or vectors
+    with one entry per regularised leaf, in the order of ``jax.tree.leaves(params)`` (``per_leaf=True``).
 
     Attributes:
       count: steps taken ``t`` (int32 scalar).
@@ -33,6 +33,7 @@ class TargetSparsityState(NamedTuple):
       integral: the controller's integral term ``I_t`` (log units).
       sparsity: the sparsity measured after the last step (fraction of zero weights / zero groups).
       target: the ramped target ``s_t`` used at the last step (scalar).
+      guard_steps: how many steps the guard has corrected ``λ_t`` (each costs ``guard_iters + 3`` trial proxes).
       peak_excess: ``max_t (s_t' − s*)`` over the steps after the target was first reached, in fraction
         units — the worst overshoot so far (``-inf`` before the target is reached).
     """
@@ -42,10 +43,8 @@ class TargetSparsityState(NamedTuple):
     integral: chex.Array
     sparsity: chex.Array
     target: chex.Array
+    guard_steps: chex.Array
     peak_excess: chex.Array
-
-
-ScalarOrSchedule = Union[float, Callable[[Any], Any]]
 
 
 # --------------------------------------------------------------------------------------------- sparsity hook
@@ -68,29 +67,16 @@ def sparsity_of(regularizer: Regularizer, leaf: jax.Array) -> jax.Array:
 
 
 def _register_group_l12() -> None:
-    """Counts zero groups for :class:`~proxgen_jax.regularizers.group_l12.GroupL12` when it is installed."""
+    """Counts zero *groups* for :class:`~proxgen_jax.regularizers.group_l12.GroupL12` (when installed)."""
     try:
         from proxgen_jax.regularizers.group_l12 import GroupL12
-    except ImportError:  # the group regularizer is optional
+    except ImportError:  # pragma: no cover - the group regularizer is optional
         return
 
     @sparsity_of.register(GroupL12)
     def _group_sparsity(regularizer, leaf):
         leaf = jnp.asarray(leaf)
-        axes = _group_axes(regularizer, leaf.ndim)
-        if not axes:
-            return jnp.mean(leaf == 0, dtype=jnp.float32)
-        return jnp.mean(jnp.all(leaf == 0, axis=axes), dtype=jnp.float32)
-
-
-def _group_axes(regularizer, ndim: int) -> tuple[int, ...]:
-    """The axes reduced inside one group (``group_axes`` of the regularizer), normalised to ``0..ndim-1``."""
-    axes = getattr(regularizer, "group_axes", None)
-    if axes is None:
-        return tuple(range(ndim))
-    if isinstance(axes, int):
-        axes = (axes,)
-    return tuple(sorted({int(a) % ndim for a in axes})) if ndim else ()
+        return jnp.mean(jnp.all(leaf == 0, axis=regularizer.axes_for(leaf)), dtype=jnp.float32)
 
 
 _register_group_l12()
@@ -106,7 +92,9 @@ def sparsity_ramp(target: float, ramp_steps: int, *, begin: int = 0, shape: str 
     """
     if shape not in ("cubic", "linear"):
         raise ValueError(f"`ramp_shape` must be 'cubic' or 'linear', got {shape!r}.")
-    target = float(target)
+    check_in_range("target", target, 0.0, 1.0, high_open=True)
+    if concrete_float(target) is not None:
+        target = float(target)  # a tracer (vmap over targets, inject_hyperparams) stays traced
     ramp_steps = int(ramp_steps)
     begin = int(begin)
 
@@ -134,9 +122,12 @@ def target_sparsity(
     lam_max: float = 1e4,
     per_leaf: bool = False,
     mask: MaskOrFn = None,
-    gain_p: float = 0.5,
-    gain_i: float = 0.02,
+    gain_p: float = 1.0,
+    gain_i: float = 0.05,
     down_factor: float = 4.0,
+    margin: float | None = 0.005,
+    track: str = "ramp",
+    guard_iters: int = 16,
 ) -> optax.GradientTransformation:
     r"""The proximal step with ``λ_t`` set by a PI controller so that the weights reach a target sparsity.
 
@@ -147,22 +138,32 @@ def target_sparsity(
 
     with ``λ_t`` chosen from the sparsity ``s_t`` measured right after the previous step (exact zeros, or
     zero groups for group penalties, see :func:`sparsity_of`) and a target ``s̄_t`` that ramps from 0 to
-    ``s*`` over ``ramp_steps`` (:func:`sparsity_ramp`). The error is measured on the log *density*,
+    ``s*`` over ``ramp_steps`` (:func:`sparsity_ramp`).
 
-    .. math::  e_t = \log(1 − s_t) − \log(1 − \bar s_t)\quad(> 0:\ \text{too dense}),
+    **PI law.** The error is measured on the log *density* (one point of sparsity weighs more at 95 % than
+    at 50 %), ``e_t = log(1 − s_t) − log(1 − s̄_t)`` (``> 0``: too dense), and
 
-    so one point of sparsity weighs more at 95 % than at 50 %, and ``log λ`` follows a PI law with
-    asymmetric integral gain and clamping (anti-windup):
+    .. math::  I_t = \operatorname{clip}(I_{t−1} + k_i\,κ(e_t)\,e_t),\qquad
+               \log λ_t^{PI} = \log λ_0 + I_t + k_p e_t,\qquad κ(e) = 1\ (e>0),\ κ_{down}\ (e≤0).
 
-    .. math::  I_t = \operatorname{clip}(I_{t−1} + k_i\,κ(e_t)\,e_t),\quad
-               \log λ_t = \log λ_{init} + I_t + k_p e_t,\quad κ(e) = 1 \text{ if } e>0 \text{ else } κ_{down}.
-
-    Lowering ``λ`` faster than raising it (``κ_down > 1``) catches the delayed cascade of weights that a
-    nonconvex prox (ℓ0, ℓq, MCP, SCAD) pushes to zero after ``λ`` has stopped rising. Everything runs
-    inside the jitted step (no host sync, no recompilation; ``λ_t`` is a traced scalar).
+    **Guard (measured-sparsity feedforward).** Sparsity lags ``λ``: weights shrink towards the threshold for
+    many steps and a nonconvex prox (ℓ0, ℓq, MCP, SCAD) then zeroes them in a delayed cascade — the "slow,
+    then overshoot" of plain feedback. But the prox is computed here, so the sparsity a step *will* produce is
+    known before it is taken. If ``λ_t^{PI}`` would leave the sparsity above ``s̄_t + margin`` (or, see
+    ``track``, below ``s̄_t − margin``), ``λ_t`` is replaced by the largest ``λ`` leaving at most ``s̄_t``
+    zeros (the smallest leaving at least ``s̄_t``), found by bisection on ``log λ`` over
+    ``[log λ_min, log λ^PI]`` (``[log λ^PI, log λ_max]``) with ``guard_iters`` trial proxes, only on those
+    steps (``lax.cond``); the integral is then reset so that the PI output equals the ``λ_t`` used
+    (back-calculation anti-windup). The zero set of every supported prox grows with ``λ``, so each step's
+    sparsity stays ≤ ``s̄_t + margin`` — except for zeros that even ``λ_min`` keeps (e.g. weights whose
+    gradient is exactly zero), which the guard cannot and does not try to undo; raising ``λ`` never pushes
+    the sparsity past ``s̄_t + margin`` either (if the next zero jumps past it, the guard stops just below
+    ``s̄_t``). Everything runs inside the jitted step (no host sync, no recompilation); the state counts the
+    guarded steps (``guard_steps``). Under ``vmap`` the ``lax.cond`` becomes a select, so the trial proxes
+    then run on every step.
 
     ``λ_t`` and the sparsity are in the state: ``optax.tree_utils.tree_get(opt_state, "log_lam")``, or
-    :func:`target_sparsity_info` for ``{"lam", "sparsity", "target", "count", "peak_excess"}``.
+    :func:`target_sparsity_info` for ``{"lam", "sparsity", "target", "count", "guard_steps", "peak_excess"}``.
 
     Example:
       >>> import optax, proxgen_jax as pg
@@ -170,26 +171,34 @@ def target_sparsity(
       >>> tx = optax.chain(pg.scale_by_adam_precond(),
       ...                  target_sparsity(pg.regularizers.Lq(0.5), target=0.8, ramp_steps=500,
       ...                                  mask=pg.kernels_only))
-      >>> # after training: target_sparsity_info(opt_state)["lam"], ...["sparsity"]
+      >>> # in the train loop: target_sparsity_info(opt_state)["lam"], ...["sparsity"]
 
     Args:
       regularizer: a :class:`~proxgen_jax.regularizers.Regularizer` or a callable ``(path, leaf) ->
-        Regularizer | None`` (as in :func:`~proxgen_jax.proximal_step`); must be one whose zero set grows
-        with ``λ`` (ℓ0, ℓq, ℓ1, MCP, SCAD, group ℓ1,2 — not a quantisation penalty).
-      target: the final sparsity ``s*`` in ``[0, 1)``, or an optax-style schedule ``t ↦ s̄_t`` (then the
-        ramp arguments are ignored).
+        Regularizer | None`` (as in :func:`~proxgen_jax.proximal_step`); one whose zero set grows with ``λ``
+        (ℓ0, ℓq, ℓ1, MCP, SCAD, group ℓ1,2 — not a quantisation penalty).
+      target: the final sparsity ``s*`` in ``[0, 1)``, or a schedule ``t ↦ s̄_t`` (then the ramp arguments
+        are ignored).
       ramp_steps: ``T``, steps over which the target ramps from 0 to ``s*`` (0: the full target at once).
       ramp_begin: first step of the ramp (dense training before it).
-      ramp_shape: ``"cubic"`` (default) or ``"linear"``.
+      ramp_shape: ``"cubic"`` (default, Zhu & Gupta) or ``"linear"``.
       learning_rate: ``α_t > 0``, a float or a schedule.
       lam_init: ``λ_0 > 0``, the weight before any feedback; the controller moves ``log λ`` from there.
-      lam_min, lam_max: clamp of ``λ_t`` (and anti-windup bound of the integral term).
+      lam_min, lam_max: clamp of ``λ_t`` (and bounds of the integral term).
       per_leaf: one controller (one ``λ``) per regularised leaf, each leaf reaching ``s*``; otherwise one
-        ``λ`` for all masked-in weights, whose overall sparsity reaches ``s*``.
+        ``λ`` for all masked-in weights, whose overall sparsity (zero weights ÷ weights) reaches ``s*``.
       mask: which leaves to regularise and count (as in :func:`~proxgen_jax.proximal_step`).
       gain_p: ``k_p ≥ 0``, the proportional gain (log λ per unit of log-density error).
       gain_i: ``k_i > 0``, the integral gain per step.
       down_factor: ``κ_down ≥ 1``, how much faster the integral falls than it rises.
+      margin: half-width of the band around ``s̄_t`` outside which the guard corrects ``λ_t`` (fraction,
+        ``≥ 0``); ``None`` disables the guard (pure PI).
+      track: which side of the band is guarded: ``"ramp"`` (default) both sides at every step — the
+        sparsity follows the ramp within ``±margin``; ``"hold"`` the upper side always and the lower side
+        once ``s*`` has been reached; ``"ceiling"`` the upper side only (fewest trial proxes; the PI alone
+        brings the sparsity up).
+      guard_iters: bisection steps of the guard (resolution ``log(λ_max/λ_min) / 2**guard_iters`` in
+        ``log λ``; each guarded step costs ``guard_iters + 3`` prox evaluations).
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` requires ``params``; its state is a
@@ -198,31 +207,39 @@ def target_sparsity(
     References:
       Yun, Lozano & Yang, *Adaptive Proximal Gradient Methods for Structured Neural Networks*, NeurIPS 2021.
       Zhu & Gupta, *To prune, or not to prune*, 2017 (the cubic sparsity ramp).
-      Åström & Hägglund, *Advanced PID Control*, 2006 (integrator clamping against windup).
+      Åström & Hägglund, *Advanced PID Control*, 2006 (integrator clamping and back-calculation).
     """
     if callable(target):
         target_fn = target
     else:
         check_in_range("target", target, 0.0, 1.0, high_open=True)
-        if concrete_float(ramp_steps) is None or int(ramp_steps) != ramp_steps or ramp_steps < 0:
+        if not isinstance(ramp_steps, int) or ramp_steps < 0:
             raise ValueError(f"`ramp_steps` must be a non-negative integer, got {ramp_steps!r}.")
-        if int(ramp_begin) != ramp_begin or ramp_begin < 0:
+        if not isinstance(ramp_begin, int) or ramp_begin < 0:
             raise ValueError(f"`ramp_begin` must be a non-negative integer, got {ramp_begin!r}.")
-        target_fn = sparsity_ramp(float(target), int(ramp_steps), begin=int(ramp_begin), shape=ramp_shape)
+        target_fn = sparsity_ramp(target, ramp_steps, begin=ramp_begin, shape=ramp_shape)
     check_positive("learning_rate", learning_rate)
-    for name, value in (("lam_init", lam_init), ("lam_min", lam_min), ("lam_max", lam_max), ("gain_i", gain_i)):
+    for name, value in (("lam_init", lam_init), ("lam_min", lam_min), ("lam_max", lam_max)):
         check_positive(name, value)
+        if concrete_float(value) is None:
+            raise ValueError(f"`{name}` must be a concrete positive float, got {value!r}.")
+    check_positive("gain_i", gain_i)
     check_nonnegative("gain_p", gain_p)
     check_in_range("down_factor", down_factor, 1.0, math.inf)
+    if margin is not None:
+        check_nonnegative("margin", margin)
+    if track not in ("hold", "ramp", "ceiling"):
+        raise ValueError(f"`track` must be 'hold', 'ramp' or 'ceiling', got {track!r}.")
+    if not isinstance(guard_iters, int) or guard_iters < 1:
+        raise ValueError(f"`guard_iters` must be a positive integer, got {guard_iters!r}.")
     if not float(lam_min) <= float(lam_init) <= float(lam_max):
         raise ValueError(f"`lam_init` must lie in [lam_min, lam_max] = [{lam_min}, {lam_max}], got {lam_init!r}.")
     if regularizer is None or not (isinstance(regularizer, Regularizer) or callable(regularizer)):
         raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer or a callable, got {regularizer!r}.")
 
     log_init = math.log(float(lam_init))
-    i_lo = math.log(float(lam_min)) - log_init
-    i_hi = math.log(float(lam_max)) - log_init
     log_lo, log_hi = math.log(float(lam_min)), math.log(float(lam_max))
+    i_lo, i_hi = log_lo - log_init, log_hi - log_init
 
     def controlled(params):
         regs = resolve_regularizers(regularizer, params, mask)
@@ -243,6 +260,9 @@ def target_sparsity(
         w = jnp.asarray(sizes, jnp.float32)
         return jnp.sum(fracs * w) / jnp.sum(w)
 
+    def log_density(s):
+        return jnp.log(jnp.maximum(1.0 - s, _DENSITY_FLOOR))
+
     def init_fn(params):
         regs = controlled(params)
         s0 = measure(jax.tree.leaves(params), regs)
@@ -252,6 +272,7 @@ def target_sparsity(
             integral=jnp.zeros(s0.shape, jnp.float32),
             sparsity=s0,
             target=jnp.zeros([], jnp.float32),
+            guard_steps=jnp.zeros([], jnp.int32),
             peak_excess=jnp.full(s0.shape, -jnp.inf, jnp.float32),
         )
 
@@ -268,29 +289,76 @@ def target_sparsity(
         goal = jnp.asarray(target_fn(count), jnp.float32)
 
         # PI law on log λ, error on the log density.
-        err = (jnp.log(jnp.maximum(1.0 - state.sparsity, _DENSITY_FLOOR))
-               - jnp.log(jnp.maximum(1.0 - goal, _DENSITY_FLOOR)))
+        err = log_density(state.sparsity) - log_density(goal)
         k_i = jnp.where(err > 0, gain_i, gain_i * down_factor)
         integral = jnp.clip(state.integral + k_i * err, i_lo, i_hi)
         log_lam = jnp.clip(log_init + integral + gain_p * err, log_lo, log_hi)
-        lam = jnp.exp(log_lam)
 
         flat_p, treedef = jax.tree.flatten(params)
         flat_d = treedef.flatten_up_to(direction)
         flat_c = [None] * len(flat_p) if metric is None else treedef.flatten_up_to(metric)
-        out, new_leaves, k = [], [], 0
-        for p, d, c, reg in zip(flat_p, flat_d, flat_c, regs):
-            lam_leaf = None
-            if reg is not None:
-                lam_leaf = lam[k] if per_leaf else lam
-                k += 1
-            u = leaf_step(reg, p, d, c, alpha, lam_leaf)
-            out.append(u)
-            # Exactly what optax.apply_updates will produce, so the measurement counts the real zeros.
-            new_leaves.append(jnp.asarray(p + u).astype(jnp.asarray(p).dtype) if reg is not None else p)
-        s_new = measure(new_leaves, regs)
 
+        def step_at(log_lam):
+            """The updates and the sparsity they produce for ``λ = exp(log_lam)``."""
+            lam = jnp.exp(log_lam)
+            out, new_leaves, k = [], [], 0
+            for p, d, c, reg in zip(flat_p, flat_d, flat_c, regs):
+                lam_leaf = None
+                if reg is not None:
+                    lam_leaf = lam[k] if per_leaf else lam
+                    k += 1
+                u = leaf_step(reg, p, d, c, alpha, lam_leaf)
+                out.append(u)
+                # What optax.apply_updates will produce, so the measurement counts the real zeros.
+                new_leaves.append(jnp.asarray(p + u).astype(jnp.asarray(p).dtype) if reg is not None else p)
+            return out, measure(new_leaves, regs)
+
+        out, s_new = step_at(log_lam)
         final = goal if callable(target) else jnp.asarray(target_fn(jnp.iinfo(jnp.int32).max), jnp.float32)
+        if margin is not None:
+            # Guard: keep the step's sparsity ≤ s̄_t + margin, and, once s* was reached, ≥ s̄_t − margin.
+            ceiling, floor = goal + margin, goal - margin
+            down = s_new > ceiling
+            if track == "ramp":
+                up = (s_new < floor) & ~down
+            elif track == "hold":
+                up = (state.peak_excess > -jnp.inf) & (s_new < floor) & ~down
+            else:
+                up = jnp.zeros_like(down)
+
+            def guard(_):
+                # Bisection on log λ over [log λ_min, log λ^PI] (down) or [log λ^PI, log λ_max] (up) back
+                # to the ramped target itself (not the band's edge, so the next steps start centred): down
+                # finds the largest λ leaving ≤ s̄_t zeros, up the smallest leaving ≥ s̄_t. Zeros that even
+                # λ_min keeps (e.g. weights whose gradient is exactly zero) raise that level to the sparsity
+                # at λ_min: the guard only refuses zeros that a smaller λ would avoid.
+                lo = jnp.where(down, log_lo, log_lam)
+                hi = jnp.where(up, log_hi, log_lam)
+                cap = jnp.maximum(goal, jnp.where(down, step_at(lo)[1], 0.0))
+
+                def body(_, bounds):
+                    lo, hi = bounds
+                    mid = 0.5 * (lo + hi)
+                    s_mid = step_at(mid)[1]
+                    to_hi = jnp.where(down, s_mid > cap, s_mid >= goal)
+                    return jnp.where(to_hi, lo, mid), jnp.where(to_hi, mid, hi)
+
+                lo, hi = jax.lax.fori_loop(0, guard_iters, body, (lo, hi))
+                # Up: hi leaves ≥ s̄_t zeros; if whole groups / few weights make that jump past the band,
+                # take lo (just below s̄_t) instead — the guard never pushes above s̄_t + margin itself.
+                up_choice = jnp.where(step_at(hi)[1] <= ceiling, hi, lo)
+                chosen = jnp.where(down, lo, jnp.where(up, up_choice, log_lam))
+                out_g, s_g = step_at(chosen)
+                return chosen, out_g, s_g
+
+            fire = jnp.any(down | up)
+            log_lam, out, s_new = jax.lax.cond(fire, guard, lambda _: (log_lam, out, s_new), None)
+            guard_steps = state.guard_steps + fire.astype(jnp.int32)
+            # Back-calculation anti-windup: the PI output equals the λ actually used.
+            integral = jnp.clip(log_lam - log_init - gain_p * err, i_lo, i_hi)
+        else:
+            guard_steps = state.guard_steps
+
         reached = (state.peak_excess > -jnp.inf) | (s_new >= final)
         peak = jnp.where(reached, jnp.maximum(state.peak_excess, s_new - final), state.peak_excess)
         new_state = TargetSparsityState(
@@ -299,6 +367,7 @@ def target_sparsity(
             integral=integral,
             sparsity=s_new,
             target=goal,
+            guard_steps=guard_steps,
             peak_excess=peak,
         )
         return jax.tree.unflatten(treedef, out), new_state
@@ -324,7 +393,7 @@ def _find_state(opt_state: Any) -> TargetSparsityState:
 
 
 def target_sparsity_info(opt_state: Any) -> dict[str, jax.Array]:
-    """``λ_t``, the measured sparsity, the ramped target, the step and the worst overshoot, for logging.
+    """``λ_t``, the measured sparsity, the ramped target, the step, guard count and worst overshoot, for logging.
 
     Accepts the whole optimizer state (a chain, ``inject_hyperparams``, ``MultiSteps``... containing one
     :class:`TargetSparsityState`) or the state itself. Works under ``jit`` (values are JAX arrays), e.g. to
@@ -336,5 +405,6 @@ def target_sparsity_info(opt_state: Any) -> dict[str, jax.Array]:
         "sparsity": st.sparsity,
         "target": st.target,
         "count": st.count,
+        "guard_steps": st.guard_steps,
         "peak_excess": st.peak_excess,
     }
