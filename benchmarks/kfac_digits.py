@@ -33,19 +33,8 @@ from sklearn.datasets import load_digits
 import proxgen_jax as pg
 from proxgen_jax.preconditioners.kfac import kfac_value_and_grad, scale_by_kfac_precond
 from proxgen_jax.regularizers import L1
+from proxgen_jax.train.models import MLP
 from proxgen_jax.transforms.prox_metric import proximal_step_metric
-
-
-class MLP(nnx.Module):
-    def __init__(self, sizes, rngs):
-        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
-
-    def __call__(self, x):
-        for k, layer in enumerate(self.layers):
-            x = layer(x)
-            if k < len(self.layers) - 1:
-                x = nnx.relu(x)
-        return x
 
 
 def loss_fn(model, x, y):
@@ -53,7 +42,7 @@ def loss_fn(model, x, y):
 
 
 def make_run(kind, args, sizes):
-    model = MLP(sizes, nnx.Rngs(args.seed))
+    model = MLP(sizes[0], hidden=sizes[1:-1], num_classes=sizes[-1], rngs=nnx.Rngs(args.seed))
     if kind == "proxgen_adam":
         tx = pg.proxgen_adam(args.adam_lr, L1(), args.lam, mask=pg.kernels_only)
         opt = nnx.Optimizer(model, tx, wrt=nnx.Param)

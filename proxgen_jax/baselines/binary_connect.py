@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_positive
-from proxgen_jax.transforms.masks import MaskOrFn, first_mismatch, resolve_mask
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like, resolve_mask
 
 
 def _hard_sign(w: jax.Array) -> jax.Array:
@@ -151,11 +151,7 @@ def clip_latent(bound: float = 1.0, *, mask: MaskOrFn = None) -> optax.GradientT
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("clip_latent needs the current parameters: call `update(updates, state, params)`.")
-        where = first_mismatch(params, updates)
-        if where is not None:
-            raise ValueError(f"updates do not match the parameter tree at {where}.")
+        check_params_like("clip_latent", params, updates)
         flags = resolve_mask(mask, params)
         flat_p, treedef = jax.tree.flatten(params)
         flat_u = treedef.flatten_up_to(updates)

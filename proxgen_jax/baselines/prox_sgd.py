@@ -12,7 +12,7 @@ import optax
 from proxgen_jax._validation import check_beta, check_in_range, check_nonnegative, check_positive
 from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.regularizers.l1 import L1
-from proxgen_jax.transforms.masks import MaskOrFn, first_mismatch
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
 from proxgen_jax.transforms.proximal_step import RegularizerOrFn, resolve_regularizers
 
 
@@ -129,11 +129,7 @@ def prox_sgd(
         return ProxSGDState(jnp.zeros([], jnp.int32), zeros, jax.tree.map(jnp.copy, zeros))
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("prox_sgd needs the current parameters: call `update(updates, state, params)`.")
-        where = first_mismatch(params, updates)
-        if where is not None:
-            raise ValueError(f"updates do not match the parameter tree at {where}.")
+        check_params_like("prox_sgd", params, updates)
         regs = resolve_regularizers(regularizer, params, mask)
         boxed = resolve_regularizers(L1(), params, mask)  # the leaves selected by `mask` get the box
         t = state.count

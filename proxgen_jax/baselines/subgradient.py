@@ -16,7 +16,7 @@ import optax
 
 from proxgen_jax._validation import check_beta, check_nonnegative, check_positive
 from proxgen_jax.regularizers.base import Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn, first_mismatch
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
 from proxgen_jax.transforms.proximal_step import RegularizerOrFn, resolve_regularizers
 
 
@@ -83,11 +83,7 @@ def add_subgradient(
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("add_subgradient needs the current parameters: call `update(updates, state, params)`.")
-        where = first_mismatch(params, updates)
-        if where is not None:
-            raise ValueError(f"updates do not match the parameter tree at {where}.")
+        check_params_like("add_subgradient", params, updates)
         regs = resolve_regularizers(regularizer, params, mask)
         lam_t = lam(state.count) if scheduled else lam
         flat_p, treedef = jax.tree.flatten(params)

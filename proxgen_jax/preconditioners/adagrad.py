@@ -10,7 +10,7 @@ import optax
 from optax import tree_utils as otu
 
 from proxgen_jax._validation import check_beta, check_nonnegative
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates
+from proxgen_jax.preconditioners.direction import optional_momentum, sqrt_metric_updates
 
 
 class ScaleByAdagradPrecondState(NamedTuple):
@@ -48,11 +48,8 @@ def scale_by_adagrad_precond(
 
     def update_fn(updates, state, params=None):
         del params
-        use_mu = not (isinstance(state.mu, tuple) and len(state.mu) == 0)  # static: decided by init
         acc = jax.tree.map(lambda g, s: s + jnp.square(g), updates, state.sum_of_squares)
-        mu = otu.tree_update_moment(updates, state.mu, momentum, 1) if use_mu else ()
-        metric = jax.tree.map(lambda s: jnp.sqrt(s) + eps, acc)
-        direction = jax.tree.map(jnp.divide, mu if use_mu else updates, metric)
-        return PreconditionedUpdates(direction, metric), ScaleByAdagradPrecondState(acc, mu)
+        m, mu = optional_momentum(updates, state.mu, momentum)
+        return sqrt_metric_updates(m, acc, eps), ScaleByAdagradPrecondState(acc, mu)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -11,7 +11,7 @@ import optax
 from optax import tree_utils as otu
 
 from proxgen_jax._validation import check_beta, check_nonnegative
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates
+from proxgen_jax.preconditioners.direction import sqrt_metric_updates
 
 
 class ScaleByAdamPrecondState(NamedTuple):
@@ -93,8 +93,7 @@ def scale_by_adam_precond(
         if amsgrad:
             nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu_hat)
             nu_hat = nu_max
-        metric = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, nu_hat)
-        direction = jax.tree.map(jnp.divide, mu_hat, metric)
+        out = sqrt_metric_updates(mu_hat, nu_hat, eps, eps_root)
         # Keep the state's dtypes (bf16 moments stay bf16 even when hyperparameters are float32 arrays).
         mu = otu.tree_cast_like(mu, state.mu)
         nu = otu.tree_cast_like(nu, state.nu)
@@ -102,6 +101,6 @@ def scale_by_adam_precond(
             new_state = ScaleByAmsgradPrecondState(count, mu, nu, nu_max)
         else:
             new_state = ScaleByAdamPrecondState(count, mu, nu)
-        return PreconditionedUpdates(direction, metric), new_state
+        return out, new_state
 
     return optax.GradientTransformation(init_fn, update_fn)

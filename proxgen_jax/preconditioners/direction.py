@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+from optax import tree_utils as otu
 
 _MISUSE = (
     "proxgen_jax: the output of a ProxGen preconditioner (scale_by_*_precond) carries both the direction "
@@ -87,6 +89,24 @@ class PreconditionedUpdates:
     __add__ = __radd__ = __sub__ = __rsub__ = _refuse
     __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
     __neg__ = __pow__ = __abs__ = _refuse
+
+
+def sqrt_metric_updates(first_moment: Any, second_moment: Any, eps, eps_root=0.0) -> PreconditionedUpdates:
+    """The diagonal ProxGen output for ``C_t = √(second_moment + eps_root)`` and ``δ = eps``.
+
+    Direction ``m_t/(C_t+δ)`` — computed exactly as optax's Adam/RMSprop/AdaGrad divide — and metric ``C_t+δ``.
+    """
+    metric = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, second_moment)
+    return PreconditionedUpdates(jax.tree.map(jnp.divide, first_moment, metric), metric)
+
+
+def optional_momentum(updates: Any, mu: Any, decay) -> tuple[Any, Any]:
+    """``(m_t, new_state)`` for an optional first moment: the EMA ``ρ m + (1−ρ) g`` when the state holds one
+    (decided at ``init``, so ``decay`` may be traced), else ``(g_t, ())``."""
+    if isinstance(mu, tuple) and len(mu) == 0:
+        return updates, ()
+    mu = otu.tree_update_moment(updates, mu, decay, 1)
+    return mu, mu
 
 
 class DirectionAndMetric(NamedTuple):

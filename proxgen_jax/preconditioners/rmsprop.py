@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
 from proxgen_jax._validation import check_beta, check_nonnegative
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates
+from proxgen_jax.preconditioners.direction import optional_momentum, sqrt_metric_updates
 
 
 class ScaleByRmspropPrecondState(NamedTuple):
@@ -51,11 +49,8 @@ def scale_by_rmsprop_precond(
 
     def update_fn(updates, state, params=None):
         del params
-        use_mu = not (isinstance(state.mu, tuple) and len(state.mu) == 0)  # static: decided by init
         nu = otu.tree_update_moment_per_elem_norm(updates, state.nu, decay, 2)
-        mu = otu.tree_update_moment(updates, state.mu, momentum, 1) if use_mu else ()
-        metric = jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu)
-        direction = jax.tree.map(jnp.divide, mu if use_mu else updates, metric)
-        return PreconditionedUpdates(direction, metric), ScaleByRmspropPrecondState(nu, mu)
+        m, mu = optional_momentum(updates, state.mu, momentum)
+        return sqrt_metric_updates(m, nu, eps), ScaleByRmspropPrecondState(nu, mu)
 
     return optax.GradientTransformation(init_fn, update_fn)

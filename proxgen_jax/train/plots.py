@@ -40,6 +40,16 @@ def _band(ax, x, ys, label):
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
 
 
+
+def _save(plt, fig, path: str, title: str) -> str:
+    """Titles, lays out, writes (80 dpi) and closes ``fig``; returns ``path``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
 def plot_curves(runs: Sequence[dict], path: str, title: str = "") -> str:
     """Objective ``F = f + λR`` (train), test accuracy and sparsity per epoch, one line per method."""
     plt = _plt()
@@ -59,12 +69,7 @@ def plot_curves(runs: Sequence[dict], path: str, title: str = "") -> str:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def plot_tradeoff(runs: Sequence[dict], path: str, title: str = "") -> str:
@@ -78,12 +83,7 @@ def plot_tradeoff(runs: Sequence[dict], path: str, title: str = "") -> str:
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def plot_diagnostics(runs: Sequence[dict], path: str, title: str = "") -> str:
@@ -101,12 +101,7 @@ def plot_diagnostics(runs: Sequence[dict], path: str, title: str = "") -> str:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def plot_all(runs: Sequence[dict], out_dir: str, prefix: str = "", title: str = "") -> list[str]:

@@ -54,6 +54,15 @@ def first_mismatch(reference: Any, other: Any) -> str | None:
     return None
 
 
+def check_params_like(name: str, params: Any, updates: Any) -> None:
+    """``ValueError`` unless ``params`` is given and ``updates`` has its tree structure (naming the path)."""
+    if params is None:
+        raise ValueError(f"{name} needs the current parameters: call `update(updates, state, params)`.")
+    where = first_mismatch(params, updates)
+    if where is not None:
+        raise ValueError(f"updates do not match the parameter tree at {where}.")
+
+
 def resolve_mask(mask: MaskOrFn, params: Any, *, what: str = "mask") -> list[bool]:
     """Flat list of Python bools, one per leaf of ``params``; ``ValueError`` naming the path on mismatch.
 

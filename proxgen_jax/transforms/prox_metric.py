@@ -52,7 +52,7 @@ from proxgen_jax._validation import check_nonnegative, check_positive
 from proxgen_jax.preconditioners.direction import split_updates
 from proxgen_jax.preconditioners.full_matrix import MetricOperator
 from proxgen_jax.regularizers.base import Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn, first_mismatch
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
 from proxgen_jax.transforms.proximal_step import RegularizerOrFn, leaf_step, resolve_regularizers
 
 _WARM_STARTS = ("best", "diagonal", "params")
@@ -294,13 +294,8 @@ def proximal_step_metric(
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError("proximal_step_metric needs the current parameters: "
-                             "call `update(updates, state, params)`.")
         direction, metric = split_updates(updates)
-        where = first_mismatch(params, direction)
-        if where is not None:
-            raise ValueError(f"updates do not match the parameter tree at {where}.")
+        check_params_like("proximal_step_metric", params, direction)
         regs = resolve_regularizers(regularizer, params, mask)
         alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
         lam_t = lam(state.count) if callable(lam) else lam

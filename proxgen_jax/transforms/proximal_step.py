@@ -12,7 +12,7 @@ import optax
 from proxgen_jax._validation import check_nonnegative, check_positive
 from proxgen_jax.preconditioners.direction import split_updates
 from proxgen_jax.regularizers.base import Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn, first_mismatch, resolve_mask
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like, resolve_mask
 
 
 class ProximalStepState(NamedTuple):
@@ -95,12 +95,8 @@ def proximal_step(
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("proximal_step needs the current parameters: call `update(updates, state, params)`.")
         direction, metric = split_updates(updates)
-        where = first_mismatch(params, direction)
-        if where is not None:
-            raise ValueError(f"updates do not match the parameter tree at {where}.")
+        check_params_like("proximal_step", params, direction)
         regs = resolve_regularizers(regularizer, params, mask)
         count = state.count if scheduled else None
         alpha = _at(learning_rate, count)

@@ -14,7 +14,7 @@ import optax
 from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive, concrete_float
 from proxgen_jax.preconditioners.direction import split_updates
 from proxgen_jax.regularizers.base import Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn, first_mismatch
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
 from proxgen_jax.transforms.proximal_step import RegularizerOrFn, leaf_step, resolve_regularizers
 
 # Density floor inside log(1 − s): keeps the error finite at s = 1 (0.1 % of the weights).
@@ -277,12 +277,8 @@ def target_sparsity(
         )
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("target_sparsity needs the current parameters: call `update(updates, state, params)`.")
         direction, metric = split_updates(updates)
-        where = first_mismatch(params, direction)
-        if where is not None:
-            raise ValueError(f"updates do not match the parameter tree at {where}.")
+        check_params_like("target_sparsity", params, direction)
         regs = controlled(params)
         count = state.count
         alpha = learning_rate(count) if callable(learning_rate) else learning_rate
