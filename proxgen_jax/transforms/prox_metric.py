@@ -305,17 +305,12 @@ def proximal_step_metric(
         flat_c = [None] * len(flat_p) if metric is None else treedef.flatten_up_to(metric)
         out, iters = [], jnp.zeros([], jnp.int32)
         for p, d, c, reg in zip(flat_p, flat_d, flat_c, regs):
-            if isinstance(c, MetricOperator):
-                if reg is None:
-                    p = jnp.asarray(p)
-                    dt = jnp.promote_types(p.dtype, jnp.float32)
-                    out.append((-jnp.asarray(alpha, dt) * jnp.asarray(d).astype(dt)).astype(p.dtype))
-                    continue
+            if isinstance(c, MetricOperator) and reg is not None:
                 delta, k = metric_leaf_step(reg, p, d, c, alpha, lam_t, inner_steps=inner_steps, tol=tol,
                                             warm_start=warm_start)
                 out.append(delta)
                 iters = jnp.maximum(iters, k)
-            else:
+            else:  # a diagonal metric, or no regularizer (the plain step −α_t d ignores the metric)
                 out.append(leaf_step(reg, p, d, c, alpha, lam_t))
         new_state = ProximalStepMetricState(optax.safe_increment(state.count), iters)
         return jax.tree.unflatten(treedef, out), new_state
