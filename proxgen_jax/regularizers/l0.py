@@ -15,7 +15,7 @@ class L0(ElementwiseRegularizer):
 
     The prox keeps ``z`` where ``|z| > √(2·step·λ)`` and zeroes it otherwise (Eq. 4); the comparison is
     made on squares (``z² > 2μ``), so no root is taken. At ``|z| = √(2μ)`` both ``0`` and ``z`` are
-    minimisers; we return ``0``. ``r`` is locally constant off zero, so the subgradient is ``0``: ℓ0
+    minimisers; we keep ``z``. ``r`` is locally constant off zero, so the subgradient is ``0``: ℓ0
     cannot be trained by subgradients, which is why the paper compares it with ℓ0-hc instead.
     """
 
@@ -25,10 +25,9 @@ class L0(ElementwiseRegularizer):
 
     def prox(self, z, step, lam):
         z, step, lam = prox_args(z, step, lam)
-        # Written so that NaN fails the test and flows through as ``z``; μ > 0 keeps λ = 0 an exact identity
-        # even where z² underflows.
-        mu2 = 2 * step * lam
-        return jnp.where((z * z <= mu2) & (mu2 > 0), jnp.zeros_like(z), z)
+        # Strict ``<``: NaN fails the test and flows through as ``z``, and λ = 0 is an exact identity even where
+        # z² underflows.
+        return jnp.where(z * z < 2 * step * lam, jnp.zeros_like(z), z)
 
     def subgradient(self, x, lam):
         x, _ = penalty_args(x, lam)

@@ -21,7 +21,7 @@ class MCP(ElementwiseRegularizer):
 
     * ``a < γ`` (firm thresholding): ``0`` if ``|z| ≤ aλ``; ``sign(z)(|z| − aλ)/(1 − a/γ)`` if ``|z| ≤ γλ``;
       ``z`` beyond.
-    * ``a ≥ γ``: hard thresholding at ``λ√(aγ)`` (tested on squares); a tie at the threshold, we return 0.
+    * ``a ≥ γ``: hard thresholding at ``λ√(aγ)`` (tested on squares); at the tie we keep ``z``.
 
     Subgradient: ``sign(x)·max(λ − |x|/γ, 0)``, ``0`` at ``x = 0``.
 
@@ -51,8 +51,7 @@ class MCP(ElementwiseRegularizer):
         firm = z - jnp.sign(z) * (a * (g * lam - t)) / gap
         firm = jnp.where(firm * z < 0, jnp.zeros_like(z), firm)  # cancellation must not flip the sign
         x_convex = jnp.where(t <= al, jnp.zeros_like(z), jnp.where(t <= g * lam, firm, z))
-        bound = lam * lam * (a * g)
-        x_hard = jnp.where((t * t <= bound) & (bound > 0), jnp.zeros_like(z), z)
+        x_hard = jnp.where(t * t < lam * lam * (a * g), jnp.zeros_like(z), z)  # strict: λ = 0 keeps z exactly
         return jnp.where(convex, x_convex, x_hard)
 
     def subgradient(self, x, lam):
