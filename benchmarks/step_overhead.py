@@ -76,7 +76,7 @@ def regularizer_rows() -> list[tuple[str, object, float]]:
         axes = output_unit_groups(path, leaf)
         return None if axes is None else GroupL12(group_axes=axes)
 
-    rows.append(("group l1,2", group, 1.30))
+    rows.append(("group-l12", group, 1.30))
     return rows
 
 
