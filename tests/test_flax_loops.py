@@ -10,7 +10,6 @@ compilation for many steps, and bfloat16 parameters.
 
 from __future__ import annotations
 
-import contextlib
 
 import flax.linen as nn
 import jax
@@ -26,25 +25,13 @@ from proxgen_jax.preconditioners.adam import scale_by_adam_precond
 from proxgen_jax.preconditioners.direction import MisplacedPreconditionerOutput
 from proxgen_jax.transforms.masks import kernels_only
 from proxgen_jax.transforms.prox_transforms import prox_lq
+from compile_counter import count_compiles
 
 VOCAB, LENGTH, FEATURES, BATCH = 12, 6, 8, 32
 LR, LAM, EPS = 1e-2, 5e-3, 1e-8
 KERNELS = {"conv", "head"}  # the modules whose kernel is regularised
 
 
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA backend compilations inside the block (the real cost of a retrace)."""
-    names = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            names.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def make_tx(lam=LAM, lr=LR):

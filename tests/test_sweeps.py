@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -31,24 +30,13 @@ from proxgen_jax.transforms.proximal_step import proximal_step
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
 import toy  # noqa: E402
+from compile_counter import count_compiles
 
 LAMS = (0.0, 2e-3, 5e-3, 1.5e-2)
 TracerBool = jax.errors.TracerBoolConversionError
 EPS = 1e-8
 
 
-@contextlib.contextmanager
-def count_compiles():
-    names = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            names.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def make_tx(lam):

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_beta, check_in_range, check_nonnegative, check_positive
-from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
-from proxgen_jax.transforms.proximal_step import RegularizerOrFn, resolve_regularizers
+from proxgen_jax.transforms.proximal_step import RegularizerOrFn, check_regularizer, resolve_regularizers
 
 
 class ProxSGDState(NamedTuple):
@@ -114,10 +113,9 @@ def prox_sgd(
         if len(tuple(box)) != 2 or not float(box[0]) < float(box[1]):
             raise ValueError(f"`box` must be None or (lo, hi) with lo < hi, got {box!r}.")
         box = (float(box[0]), float(box[1]))
+    check_regularizer(regularizer)
     if regularizer is None:
         regularizer = L1()
-    elif not isinstance(regularizer, Regularizer) and not callable(regularizer):
-        raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer, a callable or None, got {regularizer!r}.")
 
     def _state_like(p):
         p = jnp.asarray(p)

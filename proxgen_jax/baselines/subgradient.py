@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_beta, check_nonnegative, check_positive
-from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
-from proxgen_jax.transforms.proximal_step import RegularizerOrFn, resolve_regularizers
+from proxgen_jax.transforms.proximal_step import RegularizerOrFn, check_regularizer, resolve_regularizers
 
 
 class AddSubgradientState(NamedTuple):
@@ -72,8 +71,7 @@ def add_subgradient(
       Sec. 4 (the subgradient baselines).
     """
     check_nonnegative("lam", lam)
-    if regularizer is not None and not isinstance(regularizer, Regularizer) and not callable(regularizer):
-        raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer, a callable or None, got {regularizer!r}.")
+    check_regularizer(regularizer)
     scheduled = callable(lam)
 
     def init_fn(params):

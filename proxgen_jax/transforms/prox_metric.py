@@ -53,7 +53,7 @@ from proxgen_jax.preconditioners.direction import split_updates
 from proxgen_jax.preconditioners.full_matrix import MetricOperator
 from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
-from proxgen_jax.transforms.proximal_step import RegularizerOrFn, leaf_step, resolve_regularizers
+from proxgen_jax.transforms.proximal_step import RegularizerOrFn, check_regularizer, leaf_step, resolve_regularizers
 
 _WARM_STARTS = ("best", "diagonal", "params")
 
@@ -285,8 +285,7 @@ def proximal_step_metric(
         raise ValueError(f"`inner_steps` must be an int ≥ 1, got {inner_steps!r}.")
     if warm_start not in _WARM_STARTS:
         raise ValueError(f"`warm_start` must be one of {_WARM_STARTS}, got {warm_start!r}.")
-    if regularizer is not None and not isinstance(regularizer, Regularizer) and not callable(regularizer):
-        raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer, a callable or None, got {regularizer!r}.")
+    check_regularizer(regularizer)
 
     def init_fn(params):
         resolve_regularizers(regularizer, params, mask)

@@ -33,6 +33,12 @@ def _compute_dtype(dtype):
 RegularizerOrFn = Union[Regularizer, Callable[[Any, Any], Optional[Regularizer]], None]
 
 
+def check_regularizer(regularizer: RegularizerOrFn) -> None:
+    """``ValueError`` unless ``regularizer`` is a :class:`Regularizer`, a per-leaf callable or ``None``."""
+    if regularizer is not None and not isinstance(regularizer, Regularizer) and not callable(regularizer):
+        raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer, a callable or None, got {regularizer!r}.")
+
+
 def resolve_regularizers(regularizer: RegularizerOrFn, params: Any, mask: MaskOrFn) -> list:
     """One ``Regularizer | None`` per leaf of ``params``: ``None`` where masked out or not regularised."""
     flags = resolve_mask(mask, params)
@@ -84,8 +90,7 @@ def proximal_step(
     """
     check_nonnegative("lam", lam)
     check_positive("learning_rate", learning_rate)
-    if regularizer is not None and not isinstance(regularizer, Regularizer) and not callable(regularizer):
-        raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer, a callable or None, got {regularizer!r}.")
+    check_regularizer(regularizer)
     scheduled = callable(lam) or callable(learning_rate)
 
     def init_fn(params):
