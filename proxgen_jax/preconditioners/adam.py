@@ -49,7 +49,7 @@ def scale_by_adam_precond(
     paper's exact recursion ``C_t = √(β C_{t−1}² + (1−β) g_t²)`` without it. With ``amsgrad`` ``C_t`` uses the
     running maximum of ``v̂``. The output is a :class:`PreconditionedUpdates` holding the direction
     ``(C_t+δ)^{-1} m̂_t`` and the metric ``C_t+δ``; follow it by a prox transformation, which applies
-    ``θ_{t+1} = prox^{C_t+δI}_{α_t λ R}(θ_t − α_t (C_t+δI)^{-1} m_t)``. With ``λ = 0`` the step is exactly
+    ``θ_{t+1} = prox^{C_t+δI}_{α_t λ R}(θ_t − α_t (C_t+δI)^{-1} m_t)``. Without a regularizer the step is exactly
     ``optax.adam``'s. The state holds the same leaves as ``optax.scale_by_adam`` (count, mu, nu).
 
     Example:
