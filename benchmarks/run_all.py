@@ -144,7 +144,7 @@ def _agreement(fig2, t3) -> list[str]:
             vals = list(ratios.values())
             grows = all(a >= b for a, b in zip(vals, vals[1:]))
             out.append("- *ProxGen minimises F faster than the subgradient method, and the gap grows as q decreases* — "
-                       f"final F ratio ProxGen/subgradient: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+                       "final F ratio ProxGen/subgradient: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
                        + (" — **agrees** (the gap grows as q decreases)." if grows and vals[-1] < 1 else " — **partly**."))
             accs = {reg: 100 * (m(("proxgen_adam", reg), "test_acc") - m(("subgradient_adam", reg), "test_acc"))
                     for reg in ratios}

@@ -11,7 +11,7 @@ import scipy.linalg
 from flax import nnx
 
 import proxgen_jax as pg
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates, split_updates
+from proxgen_jax.preconditioners.direction import split_updates
 from proxgen_jax.preconditioners.full_matrix import DenseMetric, scale_by_full_matrix_precond
 from proxgen_jax.preconditioners.kfac import (
     KroneckerFactors,
@@ -226,8 +226,8 @@ def test_proximal_kfac_trains_digits_mlp():
     xtr, ytr, xte, yte = x[:1400], y[:1400], x[1400:], y[1400:]
     model = MLP((64, 64, 10), nnx.Rngs(0))
     lam = 1e-3
-    tx = optax.chain(scale_by_kfac_precond(damping=1e-2, update_every=5),
-                     proximal_step_metric(L1(), lam, 0.1, inner_steps=10, mask=pg.kernels_only))
+    # The alias is chain(scale_by_kfac_precond(...), proximal_step_metric(...)).
+    tx = pg.proxgen_kfac(0.1, L1(), lam, damping=1e-2, update_every=5, inner_steps=10, mask=pg.kernels_only)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit
