@@ -75,8 +75,9 @@ def brute_force_prox(kind, z, a, lam, *, grid=2001, golden=120, **kw):
     return np.where(better, xr, xbest), np.where(better, fr, fbest)
 
 
-def representable_reference(kind, x_ref, z, a, lam, dtype, **kw):
-    """The best objective a ``dtype`` answer can reach: ``F`` at the two ``dtype`` neighbours of ``x_ref``.
+def representable_reference(kind, x_ref, z, a, lam, dtype, *, worse=False, **kw):
+    """The best objective a ``dtype`` answer can reach: ``F`` at the two ``dtype`` neighbours of ``x_ref``
+    (with ``worse=True``: the larger of the two, i.e. what rounding the exact minimiser either way gives).
 
     With ``a`` down to 1e-12 an error of one float32 ulp in ``x`` costs ``ulp²/(2a)``, which can exceed the
     whole objective; no float32 answer does better than the representable point nearest the minimiser.
@@ -87,7 +88,7 @@ def representable_reference(kind, x_ref, z, a, lam, dtype, **kw):
     hi = np.where(xd.astype(np.float64) < x_ref, np.nextafter(xd, dtype(np.inf)), xd)
     f_lo = objective(kind, lo.astype(np.float64), z, a, lam, **kw)
     f_hi = objective(kind, hi.astype(np.float64), z, a, lam, **kw)
-    return np.minimum(f_lo, f_hi)
+    return np.maximum(f_lo, f_hi) if worse else np.minimum(f_lo, f_hi)
 
 
 def relative_gap(kind, x, z, a, lam, f_ref, **kw):

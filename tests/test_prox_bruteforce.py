@@ -4,10 +4,13 @@
 around every threshold of the 1-D problem (the thresholds only choose where to sample; the expected answer is
 always the brute-force minimiser of ``tests/oracles.py``). Objective values are compared, since ties at thresholds
 are real. In float32 the reference is the best objective a float32 answer can reach (the two float32 neighbours
-of the float64 minimiser): with ``a = 1e-12`` one ulp of ``x`` costs ``ulp²/(2a)``.
+of the float64 minimiser): with ``a = 1e-12`` one ulp of ``x`` costs ``ulp²/(2a)``. Within a few dozen ulps of a
+quantisation level either neighbour is accepted (see the test).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +85,7 @@ def _samples(thresholds, seed):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
 def test_prox_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
-    z, a, lam = _samples(thresholds, seed=hash(name) % 2**32)
+    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()))
     # The library and the oracle see the same (dtype-rounded) problem data.
     z, a, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z, a, lam))
     with jax.enable_x64(dtype == np.float64):
@@ -93,13 +96,14 @@ def test_prox_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
     x_bf, f_bf = brute_force_prox(kind, z, a, lam, **kw)
     f_ref = representable_reference(kind, x_bf, z, a, lam, dtype, **kw) if dtype == np.float32 else f_bf
     gap = relative_gap(kind, x, z, a, lam, f_ref, **kw)
-    worst = int(np.argmax(gap))
     if kind == "quant" and dtype == np.float32:
-        # Within one float32 ulp of a level the objective is non-smooth at the level itself, and rounding the
-        # exact minimiser may land on the worse of its two neighbours: exclude |z − level| ≤ 4 ulp(1).
-        near_level = np.min(np.abs(z[:, None] - np.asarray(kw.get("levels", (-1.0, 1.0)))), axis=1) <= 4.8e-7
-        gap = np.where(near_level, -np.inf, gap)
-        worst = int(np.argmax(gap))
+        # Within a few dozen float32 ulps of a level, |x − ℓ| is itself a few ulps and the penalty's curvature
+        # there is huge: rounding the exact minimiser to either float32 neighbour is all float32 can do, and the
+        # worse neighbour can cost 1e-4 relative. There we require no more than that (F ≤ F(worse neighbour)).
+        near_level = np.min(np.abs(z[:, None] - np.asarray(kw.get("levels", (-1.0, 1.0)))), axis=1) <= 64 * 1.2e-7
+        f_either = representable_reference(kind, x_bf, z, a, lam, dtype, worse=True, **kw)
+        gap = np.where(near_level, relative_gap(kind, x, z, a, lam, f_either, **kw), gap)
+    worst = int(np.argmax(gap))
     assert gap[worst] <= TOL[dtype], (
         f"{name}: relative gap {gap[worst]:.3e} at z={z[worst]!r} a={a[worst]!r} lam={lam[worst]!r}: "
         f"x={x[worst]!r}, brute force {x_bf[worst]!r}")

@@ -48,11 +48,13 @@ class MCP(ElementwiseRegularizer):
         convex = a < g
         gap = jnp.where(convex, g - a, jnp.ones_like(a))  # safe denominator for the unused branch
         # sign(z)(|z| − aλ)/(1 − a/γ), written as a correction to z so that tiny steps return z exactly.
-        firm = z - jnp.sign(z) * (a * (g * lam - t)) / gap
-        firm = jnp.where(firm * z < 0, jnp.zeros_like(z), firm)  # cancellation must not flip the sign
-        x_convex = jnp.where(t <= al, jnp.zeros_like(z), jnp.where(t <= g * lam, firm, z))
-        x_hard = jnp.where(t * t < lam * lam * (a * g), jnp.zeros_like(z), z)  # strict: λ = 0 keeps z exactly
-        return jnp.where(convex, x_convex, x_hard)
+        # The shrinkage is clipped at |z| so that cancellation cannot flip the sign.
+        firm = z - jnp.sign(z) * jnp.minimum((a * (g * lam - t)) / gap, t)
+        # Which piece applies, decided on masks first (cheap) and then one select per value. The hard threshold
+        # is strict, so λ = 0 keeps z exactly.
+        zero = jnp.where(convex, t <= al, t * t < lam * lam * (a * g))
+        use_firm = convex & (t <= g * lam)
+        return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)

@@ -46,18 +46,18 @@ class SCAD(ElementwiseRegularizer):
         g = self.gamma
         t = jnp.abs(z)
         s = jnp.sign(z)
-        soft = s * jnp.maximum(t - a * lam, 0)
+        al = a * lam
+        soft = z - s * jnp.minimum(t, al)  # sign(z)·max(|z| − aλ, 0), exact for tiny steps
         convex = g > 1 + a
         gap = jnp.where(convex, g - 1 - a, jnp.ones_like(a))  # safe denominator for the unused branch
         # ((γ−1)z − sign(z)aγλ)/(γ−1−a), written as a correction to z so that tiny steps return z exactly.
         middle = z - s * (a * (g * lam - t)) / gap
-        x_convex = jnp.where(t <= lam * (1 + a), soft, jnp.where(t <= g * lam, middle, z))
-        # Non-convex regime: soft threshold or identity, whichever is lower.
-        small_a = a < g + 1
-        below_linear = t <= lam * (g + 1 + a) / 2
-        below_root = t * t <= lam * lam * (a * (g + 1))
-        x_nonconvex = jnp.where(jnp.where(small_a, below_linear, below_root), soft, z)
-        return jnp.where(convex, x_convex, x_nonconvex)
+        # Which piece applies, decided on masks first (cheap) and then one select per value.
+        # Non-convex regime (γ ≤ 1 + a): soft threshold or identity, whichever is lower.
+        nonconvex_soft = jnp.where(a < g + 1, t <= lam * (g + 1 + a) / 2, t * t <= lam * lam * (a * (g + 1)))
+        use_soft = jnp.where(convex, t <= lam + al, nonconvex_soft)
+        use_middle = convex & (t <= g * lam)
+        return jnp.where(use_soft, soft, jnp.where(use_middle, middle, z))
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
