@@ -113,7 +113,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     width = 16 if args.quick else 64
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (3 if args.quick else 15)
     reps = 3 if args.quick else 5
     params = make_params(resnet34_shapes(width=width), jax.random.PRNGKey(0))
     grads = jax.tree.map(lambda p: 0.01 * jnp.sin(1000.0 * p) + 1e-4, params)
