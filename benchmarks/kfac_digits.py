@@ -31,10 +31,9 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import proxgen_jax as pg
-from proxgen_jax.preconditioners.kfac import kfac_value_and_grad, scale_by_kfac_precond
+from proxgen_jax.preconditioners.kfac import kfac_value_and_grad
 from proxgen_jax.regularizers import L1
 from proxgen_jax.train.models import MLP
-from proxgen_jax.transforms.prox_metric import proximal_step_metric
 
 
 def loss_fn(model, x, y):
@@ -53,9 +52,8 @@ def make_run(kind, args, sizes):
             opt.update(model, grads)
             return loss
     else:
-        tx = optax.chain(
-            scale_by_kfac_precond(momentum=0.9, decay=0.95, damping=args.damping, update_every=args.update_every),
-            proximal_step_metric(L1(), args.lam, args.kfac_lr, inner_steps=args.inner_steps, mask=pg.kernels_only))
+        tx = pg.proxgen_kfac(args.kfac_lr, L1(), args.lam, momentum=0.9, decay=0.95, damping=args.damping,
+                             update_every=args.update_every, inner_steps=args.inner_steps, mask=pg.kernels_only)
         opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
         @nnx.jit

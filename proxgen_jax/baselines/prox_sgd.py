@@ -11,7 +11,7 @@ import optax
 
 from proxgen_jax._validation import check_beta, check_in_range, check_nonnegative, check_positive
 from proxgen_jax.regularizers.l1 import L1
-from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
+from proxgen_jax.transforms.masks import MaskOrFn, check_params_like, resolve_mask
 from proxgen_jax.transforms.proximal_step import RegularizerOrFn, check_regularizer, resolve_regularizers
 
 
@@ -129,7 +129,7 @@ def prox_sgd(
     def update_fn(updates, state, params=None):
         check_params_like("prox_sgd", params, updates)
         regs = resolve_regularizers(regularizer, params, mask)
-        boxed = resolve_regularizers(L1(), params, mask)  # the leaves selected by `mask` get the box
+        boxed = resolve_mask(mask, params)  # the leaves selected by `mask` get the box
         t = state.count
         lam_t = lam(t) if callable(lam) else lam
         rho = _decay(rho0, b, t)
@@ -152,7 +152,7 @@ def prox_sgd(
             tau = jnp.sqrt(r / corr.astype(dt)) + delta
             z = theta - v / tau
             hat = z if reg is None else reg.prox(z, 1 / tau, jnp.asarray(lam_t, dt))
-            if box is not None and bx is not None:
+            if box is not None and bx:
                 hat = jnp.clip(hat, box[0], box[1])
             out.append((eps.astype(dt) * (hat - theta)).astype(p.dtype))
             new_v.append(v)
