@@ -24,7 +24,8 @@ class L1(ElementwiseRegularizer):
 
     def prox(self, z, step, lam):
         z, step, lam = prox_args(z, step, lam)
-        return jnp.sign(z) * jnp.maximum(jnp.abs(z) - step * lam, 0)
+        # copysign, not sign(z)·…: one instruction instead of five in the fused step; NaN stays NaN.
+        return jnp.copysign(jnp.maximum(jnp.abs(z) - step * lam, 0), z)
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)

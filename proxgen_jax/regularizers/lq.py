@@ -26,17 +26,28 @@ def _inv_cbrt_f32(t):
 
 
 def _ratio(mu, t, q):
-    """``r = μ·t^{q−2}`` for normal ``t > 0`` without ``pow``: ``μ·rsqrt(t)³`` for q = ½, ``μ·(t^{−1/3})⁴`` for
-    q = ⅔ in float32, else ``μ·exp((q−2)·log t)``. ``μ`` multiplies first, so ``μ = 0`` gives exactly 0."""
+    """``r = μ·t^{q−2}`` for ``t ≥ 0`` without ``pow``, ``μ`` multiplied or divided first so that ``μ = 0`` gives 0.
+
+    ``t`` is floored at :func:`_ratio_floor` (``r`` is then far above ``r*`` for any normal ``μ > 0``: the prox
+    is 0, as it is for the true ``t``). q = ½: ``μ/(t√t)`` — a square root and a division, which run beside the
+    other arithmetic on the CPU's divider, ~10 vector instructions cheaper than ``rsqrt`` with its Newton
+    refinement. q = ⅔ in float32: ``μ·(t^{−1/3})⁴`` by a bit-level inverse cube root. Else
+    ``μ·exp((q−2)·log t)``, the exponent capped below the dtype's overflow.
+    """
+    t = jnp.maximum(t, _ratio_floor(q, t.dtype))
     if q == 0.5:
-        rs = jax.lax.rsqrt(t)
-        return (mu * rs) * (rs * rs)
+        return mu / (t * jnp.sqrt(t))
     if abs(q - 2.0 / 3.0) < 1e-15 and t.dtype == jnp.float32:
         y = _inv_cbrt_f32(t)
         return ((mu * y) * y) * (y * y)
-    # Cap the exponent below the dtype's overflow, so that μ = 0 still gives exactly 0 at t → 0.
     cap = 0.9 * float(np.log(np.finfo(t.dtype).max))
     return mu * jnp.exp(jnp.minimum((q - 2.0) * jnp.log(t), cap))
+
+
+def _ratio_floor(q, dtype) -> float:
+    """The smallest ``t`` used in :func:`_ratio`: ``t^{2−q}`` stays a normal number (q = ½), else ``tiny``."""
+    tiny = float(jnp.finfo(dtype).tiny)
+    return tiny ** (1.0 / 1.5) * 2.0 if q == 0.5 else tiny
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +91,12 @@ class Lq(ElementwiseRegularizer):
         z, step, lam = prox_args(z, step, lam)
         t = jnp.abs(z)
         mu = step * lam
-        # r = μ t^{q−2}, with t floored at the smallest normal float: then r = +inf-like at t = 0 when μ > 0
-        # (prox 0), r = 0 when μ = 0 (μ multiplies a finite factor first: identity), NaN when z or μ is NaN.
-        r = _ratio(mu, jnp.maximum(t, jnp.finfo(t.dtype).tiny), self.q)
+        # r = μ t^{q−2}, t floored (see _ratio): r is huge at t = 0 when μ > 0 (prox 0), 0 when μ = 0
+        # (identity), NaN when z or μ is NaN.
+        r = _ratio(mu, t, self.q)
         r_star = threshold_ratio(self.q)
-        w = nonzero_root(jnp.minimum(r, r_star), self.q)
-        return jnp.where(r >= r_star, jnp.zeros_like(z), z * w)
+        r = jnp.minimum(r, r_star)  # one user of the division keeps XLA's loop fusion whole; NaN stays NaN
+        return jnp.where(r >= r_star, jnp.zeros_like(z), z * nonzero_root(r, self.q))
 
     def subgradient(self, x, lam):
         if self.q == 0.0:

@@ -89,6 +89,14 @@ def _newton(v, r, q, d, n, xp):
     return v - (v - 1 + g) / (1 - (1.0 - q) * g / v)
 
 
+def _horner(coeffs, u):
+    """``Σ_k coeffs[k]·u^k`` by Horner's rule (at least one multiplication, so the result has u's shape)."""
+    acc = coeffs[-1] * u + coeffs[-2] if len(coeffs) > 1 else coeffs[0] + 0 * u
+    for c in coeffs[-3::-1]:
+        acc = acc * u + c
+    return acc
+
+
 def _evaluate(tab: _RootTable, r, q, xp):
     """``v(r)`` for ``r ∈ [0, r*]`` in the dtype of ``r`` — the one evaluation used on host and device."""
     u = 1 - r * (1.0 / tab.r_fold)  # u = s²
@@ -101,14 +109,7 @@ def _evaluate(tab: _RootTable, r, q, xp):
     else:
         # φ(s) = E(s²) + s·O(s²): the square root is taken once and used once, which keeps XLA's loop fusion
         # of the whole optimizer step intact (an expensive op with many users gets materialised instead).
-        even, odd = tab.coeffs[0::2], tab.coeffs[1::2]
-        e = 0 * u + even[-1]
-        for c in even[-2::-1]:
-            e = e * u + c
-        o = 0 * u + odd[-1]
-        for c in odd[-2::-1]:
-            o = o * u + c
-        phi = e + xp.sqrt(u) * o
+        phi = _horner(tab.coeffs[0::2], u) + xp.sqrt(u) * _horner(tab.coeffs[1::2], u)
     v = 1 - r * phi
     if tab.polish:
         v = xp.minimum(v * (1 + tab.start_bias), 1)

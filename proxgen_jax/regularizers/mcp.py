@@ -49,7 +49,7 @@ class MCP(ElementwiseRegularizer):
         gap = jnp.where(convex, g - a, jnp.ones_like(a))  # safe denominator for the unused branch
         # sign(z)(|z| − aλ)/(1 − a/γ), written as a correction to z so that tiny steps return z exactly.
         # The shrinkage is clipped at |z| so that cancellation cannot flip the sign.
-        firm = z - jnp.sign(z) * jnp.minimum((a * (g * lam - t)) / gap, t)
+        firm = z - jnp.copysign(jnp.minimum((a * (g * lam - t)) / gap, t), z)
         # Which piece applies, decided on masks first (cheap) and then one select per value. The hard threshold
         # is strict, so λ = 0 keeps z exactly.
         zero = jnp.where(convex, t <= al, t * t < lam * lam * (a * g))

@@ -45,13 +45,12 @@ class SCAD(ElementwiseRegularizer):
         z, a, lam = prox_args(z, step, lam)
         g = self.gamma
         t = jnp.abs(z)
-        s = jnp.sign(z)
         al = a * lam
-        soft = z - s * jnp.minimum(t, al)  # sign(z)·max(|z| − aλ, 0), exact for tiny steps
+        soft = z - jnp.copysign(jnp.minimum(t, al), z)  # sign(z)·max(|z| − aλ, 0), exact for tiny steps
         convex = g > 1 + a
         gap = jnp.where(convex, g - 1 - a, jnp.ones_like(a))  # safe denominator for the unused branch
         # ((γ−1)z − sign(z)aγλ)/(γ−1−a), written as a correction to z so that tiny steps return z exactly.
-        middle = z - s * (a * (g * lam - t)) / gap
+        middle = z - jnp.copysign((a * (g * lam - t)) / gap, z)
         # Which piece applies, decided on masks first (cheap) and then one select per value.
         # Non-convex regime (γ ≤ 1 + a): soft threshold or identity, whichever is lower.
         nonconvex_soft = jnp.where(a < g + 1, t <= lam * (g + 1 + a) / 2, t * t <= lam * lam * (a * (g + 1)))
