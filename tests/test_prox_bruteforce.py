@@ -82,16 +82,8 @@ def _samples(thresholds, seed):
     return z, a, lam
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
-def test_prox_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
-    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()))
-    # The library and the oracle see the same (dtype-rounded) problem data.
-    z, a, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z, a, lam))
-    with jax.enable_x64(dtype == np.float64):
-        x = jax.jit(reg.prox)(jnp.asarray(z, dtype), jnp.asarray(a, dtype), jnp.asarray(lam, dtype))
-        assert x.dtype == dtype
-        x = np.asarray(x, np.float64)
+def _assert_brute_force_optimal(name, kind, kw, x, z, a, lam, dtype):
+    """``x`` (float64 copy of the library's answer) is within TOL of the brute-force optimum for (z, a, λ)."""
     assert np.all(np.isfinite(x))
     x_bf, f_bf = brute_force_prox(kind, z, a, lam, **kw)
     f_ref = representable_reference(kind, x_bf, z, a, lam, dtype, **kw) if dtype == np.float32 else f_bf
@@ -109,6 +101,32 @@ def test_prox_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
         f"x={x[worst]!r}, brute force {x_bf[worst]!r}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
+def test_prox_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
+    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()))
+    # The library and the oracle see the same (dtype-rounded) problem data.
+    z, a, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z, a, lam))
+    with jax.enable_x64(dtype == np.float64):
+        x = jax.jit(reg.prox)(jnp.asarray(z, dtype), jnp.asarray(a, dtype), jnp.asarray(lam, dtype))
+        assert x.dtype == dtype
+    _assert_brute_force_optimal(name, kind, kw, np.asarray(x, np.float64), z, a, lam, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
+def test_prox_metric_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
+    """The same problems posed as ProxGen's step sees them: ``α`` and the metric ``c = C_t + δ`` apart
+    (``a = α/c``), with ``c`` log-uniform over 1e-8…1e8. The oracle gets ``a = α/c`` of the rounded data."""
+    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()) + 1)
+    c = 10 ** np.random.default_rng(zlib.crc32(name.encode()) + 2).uniform(-8, 8, N)
+    z, alpha, c, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z, a * c, c, lam))
+    with jax.enable_x64(dtype == np.float64):
+        x = jax.jit(reg.prox_metric)(*(jnp.asarray(v, dtype) for v in (z, alpha, c, lam)))
+        assert x.dtype == dtype
+    _assert_brute_force_optimal(name, kind, kw, np.asarray(x, np.float64), z, alpha / c, lam, dtype)
+
+
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
 def test_prox_nan_in_nan_out(name, reg, kind, kw, thresholds):
     z = jnp.array([jnp.nan, jnp.nan, jnp.nan, 0.5, -0.5], jnp.float32)
@@ -117,6 +135,10 @@ def test_prox_nan_in_nan_out(name, reg, kind, kw, thresholds):
     assert bool(jnp.all(jnp.isnan(x[:3]))), x
     # A NaN step never silently produces an exact zero either.
     assert not bool(jnp.any(x[3:] == 0)), x
+    # Nor a NaN metric or learning rate in the metric form.
+    xm = reg.prox_metric(z, jnp.array([1.0, 1.0, 1.0, 1.0, jnp.nan]), jnp.array([1e12, 1.0, 1e-12, jnp.nan, 1.0]), 0.1)
+    assert bool(jnp.all(jnp.isnan(xm[:3]))), xm
+    assert not bool(jnp.any(xm[3:] == 0)), xm
 
 
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
@@ -143,8 +165,15 @@ def test_prox_edge_values(name, reg, kind, kw, thresholds, dtype):
     with jax.enable_x64(dtype == np.float64):
         x0 = np.asarray(reg.prox(jnp.asarray(z), jnp.asarray(1.0, dtype), jnp.asarray(0.0, dtype)))
         np.testing.assert_array_equal(x0, z)
+        for c in (1e-30, 1.0, 1e30):  # λ = 0 in the metric form too, whatever the metric
+            xm = reg.prox_metric(jnp.asarray(z), jnp.asarray(1e-3, dtype), jnp.asarray(c, dtype), jnp.asarray(0.0, dtype))
+            np.testing.assert_array_equal(np.asarray(xm), z)
         xs = np.asarray(reg.prox(jnp.asarray(z), jnp.asarray(1e12, dtype), jnp.asarray(0.5, dtype)))
+        xsm = np.asarray(reg.prox_metric(jnp.asarray(z), jnp.asarray(1e4, dtype), jnp.asarray(1e-8, dtype),
+                                         jnp.asarray(0.5, dtype)))
     assert np.all(np.isfinite(xs))
     x_bf, f_bf = brute_force_prox(kind, z.astype(np.float64), 1e12, 0.5, **kw)
-    gap = relative_gap(kind, xs, z.astype(np.float64), 1e12, 0.5, f_bf, **kw)
-    assert np.all(gap <= TOL[dtype] + 1e-300), (xs, x_bf)
+    for x in (xs, xsm):
+        assert np.all(np.isfinite(x))
+        gap = relative_gap(kind, x, z.astype(np.float64), 1e12, 0.5, f_bf, **kw)
+        assert np.all(gap <= TOL[dtype] + 1e-300), (x, x_bf)

@@ -40,6 +40,16 @@ class Regularizer(abc.ABC):
     def subgradient(self, x: jax.Array, lam) -> jax.Array:
         """An element of ``∂(λ·R)(x)``; documented per regularizer at non-smooth points."""
 
+    def prox_metric(self, z: jax.Array, learning_rate, metric, lam) -> jax.Array:
+        r"""The prox in a diagonal metric: ``argmin_x λR(x) + Σ_i metric_i (x_i − z_i)² / (2α)``.
+
+        This is Algorithm 1, line 8 with ``metric = C_t + δ`` and ``learning_rate = α_t``: the same minimiser
+        as ``prox(z, α/metric, lam)``, which is what this default computes. Subclasses override it where
+        keeping ``α`` and the metric apart saves a division per coordinate in the fused optimizer step (the
+        thresholds are then compared as ``|z|·metric ≤ αλ`` rather than ``|z| ≤ αλ/metric``).
+        """
+        return self.prox(z, learning_rate / jnp.asarray(metric), lam)
+
 
 class ElementwiseRegularizer(Regularizer):
     """A separable regularizer ``λ Σ_i r(x_i)``: it defines the elementwise ``penalty``."""
@@ -64,6 +74,12 @@ def penalty_args(x, lam):
     """Casts ``(x, lam)`` to the dtype of ``x``."""
     x = as_float_array(x)
     return x, jnp.asarray(lam, x.dtype)
+
+
+def metric_prox_args(z, learning_rate, metric, lam):
+    """Casts ``(z, α, metric, λ)`` to the dtype of ``z``."""
+    z = as_float_array(z)
+    return z, jnp.asarray(learning_rate, z.dtype), jnp.asarray(metric, z.dtype), jnp.asarray(lam, z.dtype)
 
 
 def prox_args(z, step, lam):

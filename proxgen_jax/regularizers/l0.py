@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,11 @@ class L0(ElementwiseRegularizer):
         # Strict ``<``: NaN fails the test and flows through as ``z``, and λ = 0 is an exact identity even where
         # z² underflows.
         return jnp.where(z * z < 2 * step * lam, jnp.zeros_like(z), z)
+
+    def prox_metric(self, z, learning_rate, metric, lam):
+        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+        # z² < 2αλ/c without the division (c = C_t + δ ≥ 0); NaN anywhere keeps z.
+        return jnp.where((z * z) * c < 2 * (alpha * lam), jnp.zeros_like(z), z)
 
     def subgradient(self, x, lam):
         x, _ = penalty_args(x, lam)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxgen_jax._validation import check_in_range
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
 from proxgen_jax.regularizers.l0 import L0
 from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax.regularizers.lq_root import nonzero_root, threshold_ratio
@@ -89,11 +89,24 @@ class Lq(ElementwiseRegularizer):
         if self.q == 1.0:
             return L1().prox(z, step, lam)
         z, step, lam = prox_args(z, step, lam)
-        t = jnp.abs(z)
-        mu = step * lam
         # r = μ t^{q−2}, t floored (see _ratio): r is huge at t = 0 when μ > 0 (prox 0), 0 when μ = 0
         # (identity), NaN when z or μ is NaN.
-        r = _ratio(mu, t, self.q)
+        return self._prox_from_ratio(z, _ratio(step * lam, jnp.abs(z), self.q))
+
+    def prox_metric(self, z, learning_rate, metric, lam):
+        if self.q == 0.0:
+            return L0().prox_metric(z, learning_rate, metric, lam)
+        if self.q != 0.5:
+            return super().prox_metric(z, learning_rate, metric, lam)
+        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+        # r = αλ/(c·t^{3/2}): one division instead of two. The denominator is floored at the smallest normal
+        # number (c·t^{3/2} may underflow: r is then huge, prox 0, or 0 when λ = 0); overflow gives r = 0.
+        t = jnp.maximum(jnp.abs(z), _ratio_floor(self.q, z.dtype))
+        den = jnp.maximum(c * (t * jnp.sqrt(t)), jnp.finfo(z.dtype).tiny)
+        return self._prox_from_ratio(z, (alpha * lam) / den)
+
+    def _prox_from_ratio(self, z, r):
+        """``0`` where ``r ≥ r*``, else ``z·w(r)`` (module :mod:`~proxgen_jax.regularizers.lq_root`)."""
         r_star = threshold_ratio(self.q)
         r = jnp.minimum(r, r_star)  # one user of the division keeps XLA's loop fusion whole; NaN stays NaN
         return jnp.where(r >= r_star, jnp.zeros_like(z), z * nonzero_root(r, self.q))

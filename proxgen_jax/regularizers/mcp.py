@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_positive
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,18 @@ class MCP(ElementwiseRegularizer):
         # Which piece applies, decided on masks first (cheap) and then one select per value. The hard threshold
         # is strict, so λ = 0 keeps z exactly.
         zero = jnp.where(convex, t <= al, t * t < lam * lam * (a * g))
+        use_firm = convex & (t <= g * lam)
+        return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
+
+    def prox_metric(self, z, learning_rate, metric, lam):
+        # prox with a = α/c, every test multiplied through by c = C_t + δ: one division instead of two.
+        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+        g = self.gamma
+        t = jnp.abs(z)
+        convex = alpha < g * c  # a < γ
+        gap = jnp.where(convex, g * c - alpha, jnp.ones_like(c))  # c·(γ − a), safe in the unused branch
+        firm = z - jnp.copysign(jnp.minimum((alpha * (g * lam - t)) / gap, t), z)
+        zero = jnp.where(convex, t * c <= alpha * lam, (t * t) * c < (lam * lam * g) * alpha)
         use_firm = convex & (t <= g * lam)
         return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
 

@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_in_range
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
 from proxgen_jax.regularizers.lq import lq
 
 
@@ -55,14 +55,22 @@ class Quantization(ElementwiseRegularizer):
     def prox(self, z, step, lam):
         z, step, lam = prox_args(z, step, lam)
         level = self.nearest_level(z)
-        u = z - level
-        pu = lq(self.q).prox(u, step, lam)
-        # Land exactly on the level, or move z by the (possibly sub-ulp) shrinkage u − prox(u).
-        return jnp.where(pu == 0, level, z - (u - pu))
+        return _land(z, level, lq(self.q).prox(z - level, step, lam))
+
+    def prox_metric(self, z, learning_rate, metric, lam):
+        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+        level = self.nearest_level(z)
+        return _land(z, level, lq(self.q).prox_metric(z - level, alpha, c, lam))
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
         return lq(self.q).subgradient(x - self.nearest_level(x), lam)
+
+
+def _land(z, level, pu):
+    """Land exactly on the level where the ℓq prox of ``u = z − level`` is 0, else move ``z`` by the (possibly
+    sub-ulp) shrinkage ``u − prox(u)``."""
+    return jnp.where(pu == 0, level, z - ((z - level) - pu))
 
 
 def binary(q: float = 1.0) -> Quantization:

@@ -132,6 +132,9 @@ def leaf_step(regularizer: Regularizer | None, p, d, c, alpha, lam) -> jax.Array
         return (-alpha * d).astype(p.dtype)
     theta = p.astype(dt)
     z = theta - alpha * d
-    step = alpha if c is None else alpha / jnp.asarray(c).astype(dt)
-    x = regularizer.prox(z, step, jnp.asarray(lam, dt))
+    lam = jnp.asarray(lam, dt)
+    if c is None:  # Euclidean: step α_t
+        x = regularizer.prox(z, alpha, lam)
+    else:  # the metric C_t + δ: step α_t/(C_t + δ) per coordinate
+        x = regularizer.prox_metric(z, alpha, jnp.asarray(c).astype(dt), lam)
     return (x - theta).astype(p.dtype)
