@@ -270,6 +270,7 @@ def test_group_l12_counts_zero_groups():
     x = jnp.asarray([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     assert float(sparsity_of(reg, x)) == pytest.approx(2 / 4)  # columns 0 and 2 are zero groups
     assert float(sparsity_of(pg.regularizers.L1(), x)) == pytest.approx(10 / 12)
+    assert float(sparsity_of(pg.regularizers.GroupMCP(3.0, group_axes=(0,)), x)) == pytest.approx(2 / 4)
 
     loss, steps, target = _least_squares(d=(8, 24)), 300, 0.75
     tx = optax.chain(pg.scale_by_adam_precond(), target_sparsity(reg, target, ramp_steps=150, learning_rate=LR))

@@ -2,6 +2,7 @@
 
 from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
 from proxgen_jax.regularizers.group_l12 import GroupL12
+from proxgen_jax.regularizers.group_mcp import GroupMCP
 from proxgen_jax.regularizers.l0 import L0
 from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax.regularizers.lq import Lq, lq
@@ -12,6 +13,7 @@ from proxgen_jax.regularizers.scad import SCAD
 __all__ = [
     "ElementwiseRegularizer",
     "GroupL12",
+    "GroupMCP",
     "L0",
     "L1",
     "MCP",

@@ -10,7 +10,12 @@ from proxgen_jax.transforms.prox_transforms import (
     prox_quantize,
     prox_scad,
 )
-from proxgen_jax.transforms.prox_group import input_feature_groups, output_unit_groups, prox_group_l12
+from proxgen_jax.transforms.prox_group import (
+    input_feature_groups,
+    output_unit_groups,
+    prox_group_l12,
+    prox_group_mcp,
+)
 from proxgen_jax.transforms.prox_metric import (
     DiagonalMetric,
     MetricProxResult,
@@ -37,6 +42,7 @@ __all__ = [
     "input_feature_groups",
     "output_unit_groups",
     "prox_group_l12",
+    "prox_group_mcp",
     "DiagonalMetric",
     "MetricProxResult",
     "ProximalStepMetricState",

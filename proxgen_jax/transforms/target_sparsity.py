@@ -66,20 +66,20 @@ def sparsity_of(regularizer: Regularizer, leaf: jax.Array) -> jax.Array:
     return jnp.mean(jnp.asarray(leaf) == 0, dtype=jnp.float32)
 
 
-def _register_group_l12() -> None:
-    """Counts zero *groups* for :class:`~proxgen_jax.regularizers.group_l12.GroupL12` (when installed)."""
-    try:
-        from proxgen_jax.regularizers.group_l12 import GroupL12
-    except ImportError:  # pragma: no cover - the group regularizer is optional
-        return
+def _register_groups() -> None:
+    """Counts zero *groups* for the group regularizers (GroupL12, GroupMCP)."""
+    from proxgen_jax.regularizers.group_l12 import GroupL12
+    from proxgen_jax.regularizers.group_mcp import GroupMCP
 
-    @sparsity_of.register(GroupL12)
-    def _group_sparsity(regularizer, leaf):
+    def group_sparsity(regularizer, leaf):
         leaf = jnp.asarray(leaf)
         return jnp.mean(jnp.all(leaf == 0, axis=regularizer.axes_for(leaf)), dtype=jnp.float32)
 
+    sparsity_of.register(GroupL12, group_sparsity)
+    sparsity_of.register(GroupMCP, group_sparsity)
 
-_register_group_l12()
+
+_register_groups()
 
 
 # --------------------------------------------------------------------------------------------- ramp
