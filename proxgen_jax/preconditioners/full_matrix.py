@@ -2,9 +2,10 @@ r"""Non-diagonal metrics: the operator interface and the full-matrix preconditio
 
 ProxGen's analysis allows any positive-definite ``C_t + δI`` (Sec. 3). A non-diagonal metric travels from the
 preconditioner to the prox as a :class:`MetricOperator` leaf of ``PreconditionedUpdates.metric``: an object
-that applies ``C_t+δI`` (``matvec``), its inverse (``solve``), and reports ``diag(C_t+δI)`` and
-``λ_max(C_t+δI)`` — everything :func:`~proxgen_jax.transforms.prox_metric.proximal_step_metric` needs, without
-ever forming a ``d × d`` matrix unless the operator *is* one (:class:`DenseMetric`, for small blocks). The
+that applies ``C_t+δI`` (``matvec``), its inverse (``solve``), and reports ``diag(C_t+δI)``,
+``λ_max(C_t+δI)`` and single columns ``(C_t+δI) e_i`` — everything
+:func:`~proxgen_jax.transforms.prox_metric.proximal_step_metric` needs, without ever forming a ``d × d``
+matrix unless the operator *is* one (:class:`DenseMetric`, for small blocks). The
 Kronecker-factored KFAC metric lives in :mod:`proxgen_jax.preconditioners.kfac`.
 
 The core :func:`~proxgen_jax.proximal_step` handles diagonal metrics only; handing it a ``MetricOperator``
@@ -28,7 +29,7 @@ from proxgen_jax.preconditioners.direction import PreconditionedUpdates
 
 _NOT_DIAGONAL = (
     "proxgen_jax: {name} is a non-diagonal metric C_t+δI; its prox has no closed form. Use "
-    "proxgen_jax.transforms.prox_metric.proximal_step_metric(...) (an inner FISTA solver) as the prox link "
+    "proxgen_jax.transforms.prox_metric.proximal_step_metric(...) (an inner proximal solver) as the prox link "
     "after this preconditioner, not proximal_step / prox_*."
 )
 
@@ -37,7 +38,8 @@ class MetricOperator(abc.ABC):
     """A symmetric positive-definite metric ``M = C_t + δI`` acting on arrays shaped like one parameter leaf.
 
     Subclasses are registered pytrees (they pass through ``jit``) and implement four methods; ``x`` always has
-    the leaf's shape and the results too (``max_eigenvalue`` is a scalar).
+    the leaf's shape and the results too (``max_eigenvalue`` is a scalar). ``column`` has a generic default
+    (one ``matvec``) that subclasses may replace by a cheaper formula.
     """
 
     @abc.abstractmethod
@@ -55,6 +57,16 @@ class MetricOperator(abc.ABC):
     @abc.abstractmethod
     def max_eigenvalue(self) -> jax.Array:
         """``λ_max(M)`` (a scalar); the inner solver's Lipschitz constant is ``λ_max/α_t``."""
+
+    def column(self, i) -> jax.Array:
+        """``M e_i``, shaped like the leaf: column ``i`` (row-major ``vec`` index, may be traced) of ``M``.
+
+        The inner solver's coordinate-descent polish reads one column per coordinate. This default applies
+        ``matvec`` to a one-hot array; subclasses override it with an ``O(n)`` formula where ``M`` has one.
+        """
+        d = self.diagonal()
+        e = jnp.zeros((d.size,), d.dtype).at[i].set(1).reshape(d.shape)
+        return self.matvec(e)
 
     def _refuse(self, *args, **kwargs):
         raise TypeError(_NOT_DIAGONAL.format(name=type(self).__name__))
@@ -97,6 +109,9 @@ class DenseMetric(MetricOperator):
 
     def max_eigenvalue(self):
         return jnp.max(self.vals)
+
+    def column(self, i):
+        return self.matrix[:, i].reshape(self.shape)
 
 
 def symmetric_eigh(m: jax.Array) -> tuple[jax.Array, jax.Array]:

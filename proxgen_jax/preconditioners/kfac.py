@@ -33,7 +33,8 @@ the prox, so both always see the same ``M``:
 The direction is ``M^{-1} m_t`` with the EMA momentum ``m_t = ρ m_{t−1} + (1−ρ) g_t`` (Algorithm 1, line 6)
 and the metric leaf a :class:`KroneckerMetric`; chain with
 :func:`~proxgen_jax.transforms.prox_metric.proximal_step_metric`, whose inner solver uses only ``Ã X G̃``
-products and ``λ_max(M) = max λ^A · max λ^G (+ δ)``. Leaves without factors (embeddings, norm scales, ...)
+products and ``λ_max(M) = max λ^A · max λ^G (+ δ)`` (and, on small leaves, single columns ``M e_i`` for its
+coordinate-descent polish) — never the ``d × d`` matrix. Leaves without factors (embeddings, norm scales, ...)
 go through ``fallback``, a diagonal ProxGen preconditioner such as ``scale_by_adam_precond()``.
 
 References:
@@ -110,7 +111,8 @@ class KroneckerMetric(MetricOperator):
 
     ``Ã = U_A diag(e_A) U_Aᵀ`` and ``G̃ = U_G diag(e_G) U_Gᵀ`` are the (damped) factors, stored with their
     eigendecompositions so that ``M^{-1} X = U_A [(U_Aᵀ X U_G) / (e_A e_Gᵀ + s)] U_Gᵀ``,
-    ``diag(M) = diag(Ã) diag(G̃)ᵀ + s`` and ``λ_max(M) = max e_A · max e_G + s`` cost factor-sized work only.
+    ``diag(M) = diag(Ã) diag(G̃)ᵀ + s`` and ``λ_max(M) = max e_A · max e_G + s`` cost factor-sized work only
+    (and a column ``M e_i``, an outer product of factor columns, ``O(n)``).
     In row-major ``vec`` the dense matrix is ``kron(Ã, G̃) + s I``.
     """
 
@@ -169,6 +171,13 @@ class KroneckerMetric(MetricOperator):
 
     def max_eigenvalue(self):
         return jnp.max(self.a_vals) * jnp.max(self.g_vals) + self.shift
+
+    def column(self, i):
+        """``M e_i`` for the entry ``i = a·d_out + b``: ``Ã[:, a] G̃[b, :] + s e_i`` — ``O(n)`` work."""
+        _, dg = _matrix_shape(self.shape)
+        a, b = i // dg, i % dg
+        col = self.a_mat[:, a][:, None] * self.g_mat[b, :][None, :]
+        return col.at[a, b].add(self.shift).reshape(self.shape)
 
 
 def _key_name(key) -> str:
