@@ -16,13 +16,16 @@ from proxgen_jax.regularizers.lq_root import nonzero_root, threshold_ratio
 
 
 def _inv_cbrt_f32(t):
-    """``t^{−1/3}`` for normal float32 ``t > 0``: a bit-level first guess (≈4 %), then three division-free
-    Newton steps on ``y^{−3} = t`` (relative error ≤ 2e-7). Cheaper on XLA:CPU than ``exp(−log(t)/3)``."""
+    """``t^{−1/3}`` for normal float32 ``t > 0`` as a fraction ``(numerator, denominator)``: a bit-level first
+    guess (≈4 %), one division-free Newton step on ``y^{−3} = t`` (≈2e-3), then one Halley step
+    ``y(u + 2)/(2u + 1)``, ``u = t·y³`` (cubic: relative error ≤ 2e-7 for ``t`` in 1e-30…1e30, as three Newton
+    steps give, with five fewer vector instructions). The caller divides once, last: an expensive op with one
+    user keeps XLA's loop fusion whole. Cheaper on XLA:CPU than ``exp(−log(t)/3)``."""
     bits = jax.lax.bitcast_convert_type(t, jnp.int32).astype(jnp.float32)
     y = jax.lax.bitcast_convert_type((1419967116.0 - bits * (1.0 / 3.0)).astype(jnp.int32), jnp.float32)
-    for _ in range(3):
-        y = y * (4.0 - t * (y * y * y)) * (1.0 / 3.0)
-    return y
+    y = y * (4.0 - t * (y * y * y)) * (1.0 / 3.0)
+    u = t * (y * y * y)
+    return y * (u + 2.0), 2.0 * u + 1.0
 
 
 def _ratio(mu, t, q):
@@ -31,15 +34,16 @@ def _ratio(mu, t, q):
     ``t`` is floored at :func:`_ratio_floor` (``r`` is then far above ``r*`` for any normal ``μ > 0``: the prox
     is 0, as it is for the true ``t``). q = ½: ``μ/(t√t)`` — a square root and a division, which run beside the
     other arithmetic on the CPU's divider, ~10 vector instructions cheaper than ``rsqrt`` with its Newton
-    refinement. q = ⅔ in float32: ``μ·(t^{−1/3})⁴`` by a bit-level inverse cube root. Else
-    ``μ·exp((q−2)·log t)``, the exponent capped below the dtype's overflow.
+    refinement. q = ⅔ in float32: ``μ·(t^{−1/3})⁴`` from a bit-level inverse cube root refined to a fraction,
+    divided once. Else ``μ·exp((q−2)·log t)``, the exponent capped below the dtype's overflow.
     """
     t = jnp.maximum(t, _ratio_floor(q, t.dtype))
     if q == 0.5:
         return mu / (t * jnp.sqrt(t))
     if abs(q - 2.0 / 3.0) < 1e-15 and t.dtype == jnp.float32:
-        y = _inv_cbrt_f32(t)
-        return ((mu * y) * y) * (y * y)
+        num, den = _inv_cbrt_f32(t)  # t^{−1/3} = num/den
+        den2 = den * den
+        return (((mu * num) * num) * (num * num)) / (den2 * den2)
     cap = 0.9 * float(np.log(np.finfo(t.dtype).max))
     return mu * jnp.exp(jnp.minimum((q - 2.0) * jnp.log(t), cap))
 
