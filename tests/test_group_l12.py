@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+from group_mlp import feature_data, mlp, mlp_params
 
 import proxgen_jax as pg
 from proxgen_jax.regularizers.group_l12 import GroupL12
@@ -270,30 +271,11 @@ def test_invalid_arguments_raise():
 # ---------------------------------------------------------------------------------------------------------------
 # The optax transformation
 # ---------------------------------------------------------------------------------------------------------------
-def _mlp_params(seed=0):
-    k = jax.random.PRNGKey(seed)
-    k1, k2 = jax.random.split(k)
-    return {"dense0": {"kernel": jax.random.normal(k1, (8, 16)) * 0.3, "bias": jnp.zeros(16)},
-            "dense1": {"kernel": jax.random.normal(k2, (16, 1)) * 0.3, "bias": jnp.zeros(1)}}
-
-
-def _mlp(params, x):
-    h = jnp.tanh(x @ params["dense0"]["kernel"] + params["dense0"]["bias"])
-    return (h @ params["dense1"]["kernel"] + params["dense1"]["bias"])[:, 0]
-
-
-def _data(seed=0, n=128):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 8)).astype(np.float32)
-    y = (np.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]).astype(np.float32)  # only features 0, 1, 2 matter
-    return jnp.asarray(x), jnp.asarray(y)
-
-
 def test_adam_chain_step_matches_numpy_and_zeroes_whole_groups():
     """One full step of optax.chain(scale_by_adam_precond(), prox_group_l12) vs NumPy Adam + reference prox."""
-    params = _mlp_params()
-    x, y = _data()
-    loss = lambda p: jnp.mean((_mlp(p, x) - y) ** 2)
+    params = mlp_params()
+    x, y = feature_data()
+    loss = lambda p: jnp.mean((mlp(p, x) - y) ** 2)
     lr, lam, eps = 0.05, 0.5, 1e-8
     tx = optax.chain(pg.scale_by_adam_precond(eps=eps),
                      prox_group_l12(lam, lr, group_axes=input_feature_groups, weighting="sqrt"))
@@ -321,9 +303,9 @@ def test_adam_chain_step_matches_numpy_and_zeroes_whole_groups():
 
 
 def test_training_removes_irrelevant_input_features():
-    params = _mlp_params(1)
-    x, y = _data(1, 256)
-    loss = lambda p: jnp.mean((_mlp(p, x) - y) ** 2)
+    params = mlp_params(1)
+    x, y = feature_data(1, 256)
+    loss = lambda p: jnp.mean((mlp(p, x) - y) ** 2)
     tx = optax.chain(pg.scale_by_adam_precond(),
                      prox_group_l12(optax.linear_schedule(0.0, 0.05, 100), 0.02, group_axes=(1,),
                                     mask=lambda p: {"dense0": {"kernel": True, "bias": False},

@@ -17,6 +17,7 @@ import optax
 import pytest
 from oracles import brute_force_prox
 from oracles import objective as elementwise_objective
+from group_mlp import feature_data, mlp, mlp_params
 
 import proxgen_jax as pg
 from proxgen_jax.regularizers.group_mcp import GroupMCP
@@ -378,30 +379,11 @@ def test_invalid_arguments_raise():
 # ---------------------------------------------------------------------------------------------------------------
 # The optax transformation
 # ---------------------------------------------------------------------------------------------------------------
-def _mlp_params(seed=0, dtype=jnp.float32):
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    return {"dense0": {"kernel": (jax.random.normal(k1, (8, 16)) * 0.3).astype(dtype), "bias": jnp.zeros(16, dtype)},
-            "dense1": {"kernel": (jax.random.normal(k2, (16, 1)) * 0.3).astype(dtype), "bias": jnp.zeros(1, dtype)}}
-
-
-def _mlp(params, x):
-    p = jax.tree.map(lambda v: v.astype(jnp.float32), params)
-    h = jnp.tanh(x @ p["dense0"]["kernel"] + p["dense0"]["bias"])
-    return (h @ p["dense1"]["kernel"] + p["dense1"]["bias"])[:, 0]
-
-
-def _data(seed=0, n=128):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 8)).astype(np.float32)
-    y = (np.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]).astype(np.float32)  # only features 0, 1, 2 matter
-    return jnp.asarray(x), jnp.asarray(y)
-
-
 def test_adam_chain_step_matches_numpy_reference():
     """One step of optax.chain(scale_by_adam_precond(), prox_group_mcp) vs NumPy Adam + the reference prox."""
-    params = _mlp_params()
-    x, y = _data()
-    loss = lambda p: jnp.mean((_mlp(p, x) - y) ** 2)
+    params = mlp_params()
+    x, y = feature_data()
+    loss = lambda p: jnp.mean((mlp(p, x) - y) ** 2)
     lr, lam, gamma, eps = 0.05, 0.4, 1.0, 1e-8
     tx = optax.chain(pg.scale_by_adam_precond(eps=eps),
                      prox_group_mcp(lam, lr, gamma=gamma, group_axes=input_feature_groups, weighting="sqrt"))
@@ -429,9 +411,9 @@ def test_adam_chain_step_matches_numpy_reference():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_jitted_training_removes_irrelevant_input_features(dtype):
-    params = _mlp_params(1, dtype)
-    x, y = _data(1, 256)
-    loss = lambda p: jnp.mean((_mlp(p, x) - y) ** 2)
+    params = mlp_params(1, dtype)
+    x, y = feature_data(1, 256)
+    loss = lambda p: jnp.mean((mlp(p, x) - y) ** 2)
     tx = optax.chain(pg.scale_by_adam_precond(),
                      prox_group_mcp(optax.linear_schedule(0.0, 0.02, 100), 0.02, gamma=100.0, group_axes=(1,),
                                     mask=lambda p: {"dense0": {"kernel": True, "bias": False},

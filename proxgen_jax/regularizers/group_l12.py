@@ -163,20 +163,21 @@ class GroupL12(Regularizer):
         return jnp.where(norms == 0, jnp.zeros_like(g), g).astype(x.dtype)
 
     def prox(self, z, step, lam) -> jax.Array:
+        z, out_dtype, axes, mu, step, steps = self.prox_setup(z, step, lam, NEWTON_STEPS)
+        if step.ndim == 0:  # Euclidean metric: the closed form
+            return _block_soft_threshold(z, step * mu, axes).astype(out_dtype)
+        a = jnp.broadcast_to(step, z.shape)
+        return _group_prox_diag(z, a, mu, axes, steps).astype(out_dtype)
+
+    def prox_setup(self, z, step, lam, newton_table):
+        """``(z, out_dtype, axes, μ = λw_g, step, newton_steps)``, all in the compute dtype (float32 or wider)."""
         z = as_float_array(z)
         out_dtype = z.dtype
         dt = jnp.promote_types(z.dtype, jnp.float32)
         z = z.astype(dt)
-        axes = self.axes_for(z)
         mu = jnp.asarray(lam, dt) * jnp.asarray(self.group_weight(z), dt)  # λ w_g
-        step = jnp.asarray(step, dt)
-        if step.ndim == 0:  # Euclidean metric: the closed form
-            return _block_soft_threshold(z, step * mu, axes).astype(out_dtype)
-        steps = self.newton_steps
-        if steps is None:
-            steps = NEWTON_STEPS[jnp.dtype(dt).itemsize]
-        a = jnp.broadcast_to(step, z.shape)
-        return _group_prox_diag(z, a, mu, axes, steps).astype(out_dtype)
+        steps = newton_table[jnp.dtype(dt).itemsize] if self.newton_steps is None else self.newton_steps
+        return z, out_dtype, self.axes_for(z), mu, jnp.asarray(step, dt), steps
 
 
 def _block_soft_threshold(z, b, axes):

@@ -135,6 +135,7 @@ class GroupMCP(Regularizer):
     axes_for = GroupL12.axes_for
     group_weight = GroupL12.group_weight
     group_norms = GroupL12.group_norms
+    prox_setup = GroupL12.prox_setup
 
     # -- Regularizer API --------------------------------------------------------------------------------
     def value(self, x, lam) -> jax.Array:
@@ -151,19 +152,10 @@ class GroupMCP(Regularizer):
         return jnp.where(norms == 0, jnp.zeros_like(g), g).astype(x.dtype)
 
     def prox(self, z, step, lam) -> jax.Array:
-        z = as_float_array(z)
-        out_dtype = z.dtype
-        dt = jnp.promote_types(z.dtype, jnp.float32)
-        z = z.astype(dt)
-        axes = self.axes_for(z)
-        mu = jnp.asarray(lam, dt) * jnp.asarray(self.group_weight(z), dt)  # λ w_g
-        step = jnp.asarray(step, dt)
-        gamma = jnp.asarray(self.gamma, dt)
+        z, out_dtype, axes, mu, step, steps = self.prox_setup(z, step, lam, NEWTON_STEPS)
+        gamma = jnp.asarray(self.gamma, z.dtype)
         if step.ndim == 0:  # Euclidean metric: the closed form
             return _group_firm_threshold(z, step, mu, gamma, axes).astype(out_dtype)
-        steps = self.newton_steps
-        if steps is None:
-            steps = NEWTON_STEPS[jnp.dtype(dt).itemsize]
         a = jnp.broadcast_to(step, z.shape)
         return _group_mcp_prox_diag(z, a, mu, gamma, axes, steps).astype(out_dtype)
 
