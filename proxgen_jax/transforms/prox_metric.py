@@ -161,6 +161,11 @@ def subproblem_objective(regularizer: Regularizer | None, x, u, metric, step, la
     return quad + regularizer.value(x, lam)
 
 
+def diagonal_prox(regularizer: Regularizer, u, op: MetricOperator, step, lam) -> jax.Array:
+    """The closed-form prox in the diagonal metric ``diag(M)`` (the Jacobi approximation), in ``u``'s dtype."""
+    return regularizer.prox_metric(u, step, op.diagonal().astype(u.dtype), lam).astype(u.dtype)
+
+
 def solve_metric_prox(
     regularizer: Regularizer,
     u: jax.Array,
@@ -237,7 +242,7 @@ def _solve_metric_prox(regularizer, u, metric, step, lam, *, init, extra_starts,
     lam = jnp.asarray(lam, dt)
     polish, search = _polish_plan(regularizer, u.size, polish_max_size, search_max_size)
     if x_diag is None and (init is None or polish):
-        x_diag = regularizer.prox(u, step / op.diagonal().astype(dt), lam).astype(dt)
+        x_diag = diagonal_prox(regularizer, u, op, step, lam)
     x0 = x_diag if init is None else jnp.asarray(init).astype(dt)
     res = _solve(regularizer, jnp.asarray(inner_steps, jnp.int32), u, op, step, lam, x0, jnp.asarray(tol, dt),
                  jnp.asarray(sufficient_decrease, dt))
@@ -434,9 +439,7 @@ def _support_search(regularizer, u, rows, step, lam, k):
         return x
 
     def score(code):
-        x = point(code)
-        r = x - u
-        f = jnp.vdot(r, rows @ r) / (2 * step) + regularizer.value(x, lam).astype(dt)
+        f = _dense_objective(regularizer, point(code), u, rows, step, lam)
         return jnp.where(jnp.isnan(f), jnp.inf, f)
 
     n = 1 << d
@@ -462,12 +465,7 @@ def _polish(regularizer, search, u, op, step, lam, x_apg, starts, max_sweeps):
     xs = _coordinate_descent(regularizer, xs, uf, rows, step, lam, max_sweeps, newton=search)
     xs = jnp.concatenate([x0[None], xs])
 
-    def objective(x):
-        r = x - uf
-        return jnp.vdot(r, op.matvec(r.reshape(shape)).reshape(-1).astype(dt)) / (2 * step) \
-            + regularizer.value(x, lam).astype(dt)
-
-    f = jax.vmap(objective)(xs)
+    f = jax.vmap(lambda x: subproblem_objective(regularizer, x.reshape(shape), u, op, step, lam).astype(dt))(xs)
     f_safe = jnp.where(jnp.isnan(f), jnp.inf, f)
     i = jnp.argmin(f_safe)
     # Strictly better than the APG answer by more than rounding (a diagonal metric keeps its closed form);
@@ -589,7 +587,7 @@ def metric_leaf_step(regularizer: Regularizer, p, d, metric: MetricOperator, alp
     alpha = jnp.asarray(alpha, dt)
     lam = jnp.asarray(lam, dt)
     u = theta - alpha * jnp.asarray(d).astype(dt)
-    x_diag = regularizer.prox(u, alpha / metric.diagonal().astype(dt), lam).astype(dt)
+    x_diag = diagonal_prox(regularizer, u, metric, alpha, lam)
     if warm_start == "diagonal":
         init = x_diag
     elif warm_start == "params":
