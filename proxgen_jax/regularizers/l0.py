@@ -24,14 +24,14 @@ class L0(ElementwiseRegularizer):
         return jnp.where(x != 0, lam, jnp.zeros_like(lam))
 
     def prox(self, z, step, lam):
+        # The step is the metric form with α = step and metric 1 (the multiplication by 1 is exact).
         z, step, lam = prox_args(z, step, lam)
-        # Strict ``<``: NaN fails the test and flows through as ``z``, and λ = 0 is an exact identity even where
-        # z² underflows.
-        return jnp.where(z * z < 2 * step * lam, jnp.zeros_like(z), z)
+        return self.prox_metric(z, step, jnp.ones_like(step), lam)
 
     def prox_metric(self, z, learning_rate, metric, lam):
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
-        # z² < 2αλ/c without the division (c = C_t + δ ≥ 0); NaN anywhere keeps z.
+        # z² < 2αλ/c without the division (c = C_t + δ ≥ 0). Strict ``<``: NaN anywhere fails the test and keeps
+        # z, and λ = 0 is an exact identity even where z² underflows.
         return jnp.where((z * z) * c < 2 * (alpha * lam), jnp.zeros_like(z), z)
 
     def subgradient(self, x, lam):

@@ -41,30 +41,23 @@ class MCP(ElementwiseRegularizer):
         return jnp.where(t <= g * lam, lam * t - t * t / (2 * g), g * lam * lam / 2)
 
     def prox(self, z, step, lam):
+        # The step a is the metric form with α = a and metric 1 (the multiplications by 1 are exact).
         z, a, lam = prox_args(z, step, lam)
-        g = self.gamma
-        t = jnp.abs(z)
-        al = a * lam
-        convex = a < g
-        gap = jnp.where(convex, g - a, jnp.ones_like(a))  # safe denominator for the unused branch
-        # sign(z)(|z| − aλ)/(1 − a/γ), written as a correction to z so that tiny steps return z exactly.
-        # The shrinkage is clipped at |z| so that cancellation cannot flip the sign.
-        firm = z - jnp.copysign(jnp.minimum((a * (g * lam - t)) / gap, t), z)
-        # Which piece applies, decided on masks first (cheap) and then one select per value. The hard threshold
-        # is strict, so λ = 0 keeps z exactly.
-        zero = jnp.where(convex, t <= al, t * t < lam * lam * (a * g))
-        use_firm = convex & (t <= g * lam)
-        return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
+        return self.prox_metric(z, a, jnp.ones_like(a), lam)
 
     def prox_metric(self, z, learning_rate, metric, lam):
-        # prox with a = α/c, every test multiplied through by c = C_t + δ: one division instead of two.
+        # The prox with a = α/c, every test multiplied through by c = C_t + δ: one division instead of two.
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
         g = self.gamma
         t = jnp.abs(z)
         convex = alpha < g * c  # a < γ
         gap = jnp.where(convex, g * c - alpha, jnp.ones_like(c))  # c·(γ − a), safe in the unused branch
+        # sign(z)(|z| − aλ)/(1 − a/γ), written as a correction to z so that tiny steps return z exactly.
+        # The shrinkage is clipped at |z| so that cancellation cannot flip the sign.
         firm = z - jnp.copysign(jnp.minimum((alpha * (g * lam - t)) / gap, t), z)
-        zero = jnp.where(convex, t * c <= alpha * lam, (t * t) * c < (lam * lam * g) * alpha)
+        # Which piece applies, decided on masks first (cheap) and then one select per value. The hard threshold
+        # is strict, so λ = 0 keeps z exactly.
+        zero = jnp.where(convex, t * c <= alpha * lam, (t * t) * c < lam * lam * (alpha * g))
         use_firm = convex & (t <= g * lam)
         return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
 
