@@ -86,7 +86,13 @@ from proxgen_jax.preconditioners.direction import split_updates
 from proxgen_jax.preconditioners.full_matrix import MetricOperator
 from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
-from proxgen_jax.transforms.proximal_step import RegularizerOrFn, check_regularizer, leaf_step, resolve_regularizers
+from proxgen_jax.transforms.proximal_step import (
+    RegularizerOrFn,
+    check_regularizer,
+    leaf_step,
+    resolve_regularizers,
+    value_at,
+)
 
 _WARM_STARTS = ("best", "diagonal", "params")
 
@@ -549,8 +555,8 @@ def proximal_step_metric(
         direction, metric = split_updates(updates)
         check_params_like("proximal_step_metric", params, direction)
         regs = resolve_regularizers(regularizer, params, mask)
-        alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        lam_t = lam(state.count) if callable(lam) else lam
+        alpha = value_at(learning_rate, state.count)
+        lam_t = value_at(lam, state.count)
 
         flat_p, treedef = jax.tree.flatten(params)
         flat_d = treedef.flatten_up_to(direction)

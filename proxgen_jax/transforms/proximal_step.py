@@ -21,7 +21,8 @@ class ProximalStepState(NamedTuple):
     count: chex.Array
 
 
-def _at(value, count):
+def value_at(value: optax.ScalarOrSchedule, count):
+    """A hyperparameter at step ``count``: the schedule's value, or the constant itself."""
     return value(count) if callable(value) else value
 
 
@@ -104,8 +105,8 @@ def proximal_step(
         check_params_like("proximal_step", params, direction)
         regs = resolve_regularizers(regularizer, params, mask)
         count = state.count if scheduled else None
-        alpha = _at(learning_rate, count)
-        lam_t = _at(lam, count)
+        alpha = value_at(learning_rate, count)
+        lam_t = value_at(lam, count)
 
         flat_p, treedef = jax.tree.flatten(params)
         flat_d = treedef.flatten_up_to(direction)
