@@ -136,7 +136,7 @@ def newton_study(groups=3000):
                     f_ref = objective(z * (r[:, None] / (r[:, None] + b)), z, b)
                     for k in range(9):
                         x = np.asarray(_group_prox_diag(jnp.asarray(z, dt), jnp.asarray(a, dt),
-                                                        jnp.asarray(mu[:, None], dt), (1,), k),
+                                                        jnp.asarray(mu[:, None], dt), (1,), k, adaptive=False),
                                        np.float64)
                         worst[k] = max(worst[k], float(np.max((objective(x, z, b) - f_ref) / f_ref)))
         result[np.dtype(dt).name] = [float(w) for w in worst]

@@ -16,6 +16,7 @@ import scipy.optimize
 from group_mlp import feature_data, mlp, mlp_params
 
 import proxgen_jax as pg
+from proxgen_jax.regularizers import group_l12
 from proxgen_jax.regularizers.group_l12 import GroupL12
 from proxgen_jax.transforms.prox_group import (
     input_feature_groups,
@@ -113,6 +114,62 @@ def test_prox_objective_gap_sixteen_decades(dtype, n):
     clear = np.abs(np.linalg.norm(z / a, axis=1) / mu - 1) > (1e-5 if dtype == np.float32 else 1e-13)
     np.testing.assert_array_equal(np.all(x == 0, axis=1)[clear], ref_zero[clear])
     assert not np.any((x == 0) & ~np.all(x == 0, axis=1, keepdims=True))  # no partially zeroed group
+
+
+def test_radius_error_bound_is_a_bound_and_exact_for_equal_steps():
+    """``ρ* − ρ ≤ (1 − 1/‖p(ρ)‖)·‖z‖`` for every ``ρ ≤ ρ*`` (float64, ρ* by bisection), with equality for equal a."""
+    rng = np.random.default_rng(5)
+    z, a, mu = random_groups(rng, 600, 9)
+    keep = np.linalg.norm(z / a, axis=1) > mu * (1 + 1e-6)  # nonzero groups
+    z, a, mu = z[keep], a[keep], mu[keep]
+    x_ref = ref_group_prox(z, a, mu)
+    root = np.linalg.norm(x_ref, axis=1)
+    b = mu[:, None] * a
+    with jax.enable_x64(True):
+        for frac in (0.0, 1e-6, 0.3, 0.9, 1 - 1e-6):
+            rho = root * frac
+            norm2_p = np.sum((z / (rho[:, None] + b)) ** 2, axis=1)
+            bound = np.asarray(group_l12.radius_error_bound(jnp.asarray(norm2_p), jnp.linalg.norm(z, axis=1)))
+            assert np.all(root - rho <= bound * (1 + 1e-9) + 1e-12 * root), frac
+        # Equal steps: s(ρ) = (ρ + b)/‖z‖ is linear and the bound is the distance itself.
+        a_eq = np.broadcast_to(a[:, :1], a.shape)
+        x_eq = ref_group_prox(z, a_eq, np.linalg.norm(z / a_eq, axis=1) * 0.5)
+        root_eq = np.linalg.norm(x_eq, axis=1)
+        b_eq = 0.5 * np.linalg.norm(z / a_eq, axis=1)[:, None] * a_eq
+        rho = 0.5 * root_eq
+        norm2_p = np.sum((z / (rho[:, None] + b_eq)) ** 2, axis=1)
+        bound = np.asarray(group_l12.radius_error_bound(jnp.asarray(norm2_p), jnp.linalg.norm(z, axis=1)))
+        np.testing.assert_allclose(bound, root_eq - rho, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unrolled_steps_and_certified_early_exit(dtype):
+    """Both radius solvers (unrolled: off the CPU; certified early exit: on it) against the bisection reference.
+
+    With room for many steps the early exit may stop only where ``ρ* − ρ ≤ ε·ρ`` is proved, so each nonzero
+    group's ``x`` must then be within ``ε‖x*‖`` (plus rounding) of the reference: a check of the certificate
+    itself, on data spread over 16 decades where it is least sharp.
+    """
+    rng = np.random.default_rng(11)
+    z, a, mu = random_groups(rng, 900, 24)
+    z, a, mu = (v.astype(dtype).astype(np.float64) for v in (z, a, mu))
+    x_ref = ref_group_prox(z, a, mu)
+    f_ref = objective(x_ref, z, a, mu)
+    eps = group_l12.RADIUS_TOL[np.dtype(dtype).itemsize]
+    steps = group_l12.NEWTON_STEPS[np.dtype(dtype).itemsize]
+    with jax.enable_x64(dtype == np.float64):
+        args = (jnp.asarray(z, dtype), jnp.asarray(a, dtype), jnp.asarray(mu[:, None], dtype), (1,))
+        for adaptive, n_steps in ((False, steps), (True, steps), (True, 60)):
+            x = np.asarray(group_l12._group_prox_diag(*args, n_steps, adaptive=adaptive), np.float64)
+            gap = (objective(x, z, a, mu) - f_ref) / np.abs(f_ref)
+            assert gap.max() <= TOL[dtype], (adaptive, n_steps, gap.max())
+    # Rounding alone moves x by up to ~eps_mach·‖z‖ (the sums near the root): relative to ‖x*‖ that is large
+    # for groups shrunk almost to zero, so the bound is ε plus that conditioning term.
+    nonzero = np.linalg.norm(z / a, axis=1) / mu > 1 + (1e-5 if dtype == np.float32 else 1e-13)  # clear of ties
+    norm_ref = np.linalg.norm(x_ref, axis=1)[nonzero]
+    err = np.linalg.norm(x - x_ref, axis=1)[nonzero] / norm_ref
+    conditioning = np.linalg.norm(z, axis=1)[nonzero] / norm_ref
+    assert np.all(err <= eps + 2 * np.finfo(dtype).eps * conditioning), err.max()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
