@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_in_range
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,21 +42,27 @@ class SCAD(ElementwiseRegularizer):
         return jnp.where(t <= lam, lam * t, jnp.where(t <= g * lam, middle, (g + 1) * lam * lam / 2))
 
     def prox(self, z, step, lam):
+        # The step a is the metric form with α = a and metric 1 (the multiplications by 1 are exact).
         z, a, lam = prox_args(z, step, lam)
+        return self.prox_metric(z, a, jnp.ones_like(a), lam)
+
+    def prox_metric(self, z, learning_rate, metric, lam):
+        # The prox with a = α/c, every test multiplied through by c = C_t + δ, and the shrinkage |z| − |x| of
+        # whichever piece applies as one quotient N/D: one division where a = α/c and the middle piece took two.
+        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
         g = self.gamma
         t = jnp.abs(z)
-        al = a * lam
-        soft = z - jnp.copysign(jnp.minimum(t, al), z)  # sign(z)·max(|z| − aλ, 0), exact for tiny steps
-        convex = g > 1 + a
-        gap = jnp.where(convex, g - 1 - a, jnp.ones_like(a))  # safe denominator for the unused branch
-        # ((γ−1)z − sign(z)aγλ)/(γ−1−a), written as a correction to z so that tiny steps return z exactly.
-        middle = z - jnp.copysign((a * (g * lam - t)) / gap, z)
-        # Which piece applies, decided on masks first (cheap) and then one select per value.
-        # Non-convex regime (γ ≤ 1 + a): soft threshold or identity, whichever is lower.
-        nonconvex_soft = jnp.where(a < g + 1, t <= lam * (g + 1 + a) / 2, t * t <= lam * lam * (a * (g + 1)))
-        use_soft = jnp.where(convex, t <= lam + al, nonconvex_soft)
+        convex = alpha < (g - 1) * c  # γ > 1 + a
+        # Non-convex regime: soft threshold below t* and z above, t* = λ(γ+1+a)/2 if a < γ+1, else λ√(a(γ+1)).
+        nonconvex_soft = jnp.where(alpha < (g + 1) * c, 2 * (t * c) <= lam * ((g + 1) * c + alpha),
+                                   (t * t) * c <= lam * lam * (alpha * (g + 1)))
+        use_soft = jnp.where(convex, t * c <= lam * (c + alpha), nonconvex_soft)  # soft: |z| ≤ λ(1 + a)
         use_middle = convex & (t <= g * lam)
-        return jnp.where(use_soft, soft, jnp.where(use_middle, middle, z))
+        # Shrinkage: soft aλ = αλ/c; middle a(γλ − |z|)/(γ − 1 − a) = α(γλ − |z|)/((γ−1)c − α); else 0. Clipped
+        # at |z| (soft below aλ lands on 0 exactly); z − shrinkage keeps tiny steps returning z exactly.
+        num = jnp.where(use_soft, alpha * lam, jnp.where(use_middle, alpha * (g * lam - t), jnp.zeros_like(t)))
+        den = jnp.where(use_soft, c, jnp.where(use_middle, (g - 1) * c - alpha, jnp.ones_like(c)))
+        return z - jnp.copysign(jnp.minimum(num / den, t), z)
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
