@@ -104,8 +104,9 @@ class Lq(ElementwiseRegularizer):
             return super().prox_metric(z, learning_rate, metric, lam)
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
         # r = αλ/(c·t^{3/2}): one division instead of two. The denominator is floored at the smallest normal
-        # number (c·t^{3/2} may underflow: r is then huge, prox 0, or 0 when λ = 0); overflow gives r = 0.
-        t = jnp.maximum(jnp.abs(z), _ratio_floor(self.q, z.dtype))
+        # number (c·t^{3/2} may underflow, t = 0 included: r is then huge, prox 0, or 0 when λ = 0); overflow
+        # gives r = 0.
+        t = jnp.abs(z)
         den = jnp.maximum(c * (t * jnp.sqrt(t)), jnp.finfo(z.dtype).tiny)
         return self._prox_from_ratio(z, (alpha * lam) / den)
 

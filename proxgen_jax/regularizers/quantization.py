@@ -42,11 +42,15 @@ class Quantization(ElementwiseRegularizer):
     def nearest_level(self, x):
         """The level nearest to ``x`` (ties go up); NaN stays NaN."""
         x = jnp.asarray(x)
+        return jnp.where(jnp.isnan(x), x, self._level_or_lowest(x))
+
+    def _level_or_lowest(self, x):
+        """The nearest level, or the lowest one for NaN ``x`` (the prox needs no NaN level: ``z − ℓ`` is NaN)."""
         lev = self.levels
         out = jnp.full_like(x, lev[0])
         for lo, hi in zip(lev[:-1], lev[1:]):
             out = jnp.where(x >= (lo + hi) / 2, jnp.asarray(hi, x.dtype), out)
-        return jnp.where(jnp.isnan(x), x, out)
+        return out
 
     def penalty(self, x, lam):
         x, lam = penalty_args(x, lam)
@@ -54,12 +58,12 @@ class Quantization(ElementwiseRegularizer):
 
     def prox(self, z, step, lam):
         z, step, lam = prox_args(z, step, lam)
-        level = self.nearest_level(z)
+        level = self._level_or_lowest(z)
         return _land(z, level, lq(self.q).prox(z - level, step, lam))
 
     def prox_metric(self, z, learning_rate, metric, lam):
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
-        level = self.nearest_level(z)
+        level = self._level_or_lowest(z)
         return _land(z, level, lq(self.q).prox_metric(z - level, alpha, c, lam))
 
     def subgradient(self, x, lam):
