@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_in_range
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
+from proxgen_jax.regularizers.base import (
+    ElementwiseRegularizer,
+    metric_prox_args,
+    penalty_args,
+    prox_args,
+)
 from proxgen_jax.regularizers.lq import lq
 
 
@@ -48,7 +54,7 @@ class Quantization(ElementwiseRegularizer):
         """The nearest level, or the lowest one for NaN ``x`` (the prox needs no NaN level: ``z − ℓ`` is NaN)."""
         lev = self.levels
         out = jnp.full_like(x, lev[0])
-        for lo, hi in zip(lev[:-1], lev[1:]):
+        for lo, hi in itertools.pairwise(lev):
             out = jnp.where(x >= (lo + hi) / 2, jnp.asarray(hi, x.dtype), out)
         return out
 

@@ -7,7 +7,12 @@ import dataclasses
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_in_range
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
+from proxgen_jax.regularizers.base import (
+    ElementwiseRegularizer,
+    metric_prox_args,
+    penalty_args,
+    prox_args,
+)
 
 
 @dataclasses.dataclass(frozen=True)
