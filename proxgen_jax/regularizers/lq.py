@@ -11,6 +11,7 @@ import numpy as np
 from proxgen_jax._validation import check_in_range
 from proxgen_jax.regularizers.base import (
     ElementwiseRegularizer,
+    as_float_array,
     metric_prox_args,
     penalty_args,
     prox_args,
@@ -50,12 +51,22 @@ def _ratio(mu, t, q):
     t = jnp.maximum(t, _ratio_floor(q, t.dtype))
     if q == 0.5:
         return mu / (t * jnp.sqrt(t))
-    if abs(q - 2.0 / 3.0) < 1e-15 and t.dtype == jnp.float32:
-        num, den = _inv_cbrt_f32(t)  # t^{−1/3} = num/den
-        den2 = den * den
-        return (((mu * num) * num) * (num * num)) / (den2 * den2)
+    if _two_thirds_f32(q, t.dtype):
+        return _two_thirds_ratio(mu, t, 1.0)
     cap = 0.9 * float(np.log(np.finfo(t.dtype).max))
     return mu * jnp.exp(jnp.minimum((q - 2.0) * jnp.log(t), cap))
+
+
+def _two_thirds_f32(q, dtype) -> bool:
+    return abs(q - 2.0 / 3.0) < 1e-15 and dtype == jnp.float32
+
+
+def _two_thirds_ratio(mu, t, c):
+    """``μ·t^{−4/3}/c`` for float32 ``t ≥ tiny``: ``(t^{−1/3})⁴`` as a fraction, ``μ`` multiplied in first (so that
+    ``μ = 0`` gives 0 where ``t^{−4/3}`` alone overflows) and one division, which ``c = C_t + δ`` joins."""
+    num, den = _inv_cbrt_f32(t)  # t^{−1/3} = num/den
+    den2 = den * den
+    return (((mu * num) * num) * (num * num)) / (c * (den2 * den2))
 
 
 def _ratio_floor(q, dtype) -> float:
@@ -110,9 +121,12 @@ class Lq(ElementwiseRegularizer):
     def prox_metric(self, z, learning_rate, metric, lam):
         if self.q == 0.0:
             return L0().prox_metric(z, learning_rate, metric, lam)
-        if self.q != 0.5:
+        if self.q != 0.5 and not _two_thirds_f32(self.q, as_float_array(z).dtype):
             return super().prox_metric(z, learning_rate, metric, lam)
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+        if self.q != 0.5:  # ⅔ in float32: a = α/c joins the inverse cube root's division
+            t = jnp.maximum(jnp.abs(z), jnp.finfo(z.dtype).tiny)
+            return self._prox_from_ratio(z, _two_thirds_ratio(alpha * lam, t, c))
         # r = αλ/(c·t^{3/2}): one division instead of two. The denominator is floored at the smallest normal
         # number (c·t^{3/2} may underflow, t = 0 included: r is then huge, prox 0, or 0 when λ = 0); overflow
         # gives r = 0.
