@@ -3,7 +3,7 @@
 Also (``--newton``) the Newton-step study behind ``NEWTON_STEPS``: the worst relative objective gap after
 k steps on random groups with ``a_i`` spread over 1e-8…1e8, against a float64 bisection on the radius.
 
-    python benchmarks/group_step_time.py [--rounds 5] [--newton] [--out DIR]
+    python benchmarks/group_step_time.py [--quick] [--rounds 7] [--newton] [--out DIR]
 """
 
 from __future__ import annotations
@@ -11,62 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from step_overhead import make_params, make_step, resnet34_shapes, time_step
 
 from proxgen_jax.preconditioners import scale_by_adam_precond
 from proxgen_jax.transforms.masks import kernels_only
 from proxgen_jax.transforms.prox_group import output_unit_groups, prox_group_l12
 from proxgen_jax.transforms.prox_transforms import prox_l1
-
-
-def resnet34_params(key=0):
-    """Flax-like dict of ResNet-34 (ImageNet) parameters: conv kernels, BatchNorm scale/bias, the head."""
-    rng = np.random.default_rng(key)
-    params = {}
-
-    def conv(name, k, cin, cout):
-        params[name] = {"kernel": (rng.standard_normal((k, k, cin, cout)) * np.sqrt(2 / (k * k * cin))).astype(
-            np.float32)}
-        params[name + "_bn"] = {"scale": np.ones(cout, np.float32), "bias": np.zeros(cout, np.float32)}
-
-    conv("stem", 7, 3, 64)
-    cin = 64
-    for stage, (cout, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
-        for blk in range(blocks):
-            name = f"s{stage}b{blk}"
-            conv(name + "_c1", 3, cin, cout)
-            conv(name + "_c2", 3, cout, cout)
-            if cin != cout:
-                conv(name + "_down", 1, cin, cout)
-            cin = cout
-    params["head"] = {"kernel": (rng.standard_normal((512, 1000)) * 0.04).astype(np.float32),
-                      "bias": np.zeros(1000, np.float32)}
-    return jax.tree.map(jnp.asarray, params)
-
-
-def make_step(tx, params, grads):
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = step(params, tx.init(params), grads)[1]  # compile, and leave the first step behind
-    return step, state
-
-
-def time_step(step, params, state, grads, reps):
-    jax.block_until_ready(step(params, state, grads))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(params, state, grads))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def noisy_gradients(params, key):
@@ -81,14 +36,15 @@ def noisy_gradients(params, key):
     return jax.tree.unflatten(treedef, out)
 
 
-def step_overhead(rounds, reps=3):
+def step_overhead(rounds, reps=3, width=64, noisy_steps=50):
     """Median over rounds of (ours / optax.adam), each round timing both back to back (noise hits both).
 
-    The group prox's cost depends on its data (the Newton steps stop once the radius is certified), so each
-    group row is timed twice: from the state after one step with the fixed gradients below (the same state as
-    ``step_overhead.py``; ``a_i`` spread over ~5 decades in every filter) and after 50 steps of noisy gradients.
+    The tree and the fixed gradients are ``step_overhead.py``'s. The group prox's cost depends on its data (the
+    Newton steps stop once the radius is certified), so the metric group row is timed twice: from the state after
+    one step with the fixed gradients (the state ``step_overhead.py`` times; ``a_i`` spread over ~5 decades in
+    every filter) and after ``noisy_steps`` steps of noisy gradients.
     """
-    params = resnet34_params()
+    params = make_params(resnet34_shapes(width=width), jax.random.PRNGKey(0))
     grads = jax.tree.map(lambda p: 0.01 * jnp.sin(1000.0 * p) + 1e-4, params)
     n = sum(p.size for p in jax.tree.leaves(params))
     rows = {
@@ -99,16 +55,17 @@ def step_overhead(rounds, reps=3):
         "optax.adam + prox_group_l12 (Euclidean, closed form)": optax.chain(
             optax.scale_by_adam(), prox_group_l12(1e-4, 1e-3, group_axes=output_unit_groups)),
     }
-    adam_step, adam_state = make_step(optax.adam(1e-3), params, grads)
+    adam_step = make_step(optax.adam(1e-3))
+    adam_state = adam_step(params, optax.adam(1e-3).init(params), grads)[1]
     out = {"n_params": int(n), "backend": jax.default_backend(), "cpus": os.cpu_count(), "rows": {}}
     for name, tx in rows.items():
-        step, state = make_step(tx, params, grads)
-        states = {"after one step": state}
-        if "group_l12" in name and "Euclidean" not in name:
+        step = make_step(tx)
+        states = {"after one step": step(params, tx.init(params), grads)[1]}
+        if name.startswith("adam_precond + prox_group"):
             p, s = params, tx.init(params)
-            for i in range(50):
+            for i in range(noisy_steps):
                 p, s = step(p, s, noisy_gradients(params, jax.random.PRNGKey(i)))
-            states["after 50 noisy steps"] = s
+            states[f"after {noisy_steps} noisy steps"] = s
         for label, state in states.items():
             ours, base = [], []
             for _ in range(rounds):
@@ -117,7 +74,6 @@ def step_overhead(rounds, reps=3):
             key = name if len(states) == 1 else f"{name} [{label}]"
             out["rows"][key] = dict(ratio=float(np.median(np.asarray(ours) / np.asarray(base))),
                                     ours_ms=1e3 * float(np.median(ours)), adam_ms=1e3 * float(np.median(base)))
-            print(key, out["rows"][key], flush=True)
     return out
 
 
@@ -168,14 +124,25 @@ def newton_study(groups=3000):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="ResNet-34 at width 16, one round, 5 noisy steps")
+    ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--newton", action="store_true", help="also run the Newton-step study")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    out = {"step_overhead": step_overhead(args.rounds)}
+    rounds = args.rounds or (1 if args.quick else 7)
+    res = step_overhead(rounds, reps=2 if args.quick else 5, width=16 if args.quick else 64,
+                        noisy_steps=5 if args.quick else 50)
+    out = {"step_overhead": res}
+    print(f"ResNet-34-shaped tree: {res['n_params'] / 1e6:.2f}M float32 params, backend {res['backend']}, "
+          f"{res['cpus']} CPUs; median of {rounds} rounds")
+    print("| chain | ours ms | adam ms | ratio |\n|---|---|---|---|")
+    for name, row in res["rows"].items():
+        print(f"| {name} | {row['ours_ms']:.1f} | {row['adam_ms']:.1f} | {row['ratio']:.2f} |")
     if args.newton:
-        out["newton_worst_relative_gap_after_k_steps"] = newton_study()
-    print(json.dumps(out, indent=2))
+        out["newton_worst_relative_gap_after_k_steps"] = study = newton_study()
+        for dtype, worst in study.items():
+            print(f"Newton study, {dtype}: worst relative gap after k = 0..8 steps:",
+                  " ".join(f"{w:.1e}" for w in worst))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "group_step_time.json"), "w") as f:
