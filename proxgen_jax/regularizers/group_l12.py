@@ -102,8 +102,7 @@ class GroupL12(Regularizer):
     ``x_g = z_g · max(0, 1 − step·λw_g/‖z_g‖)``. With a per-coordinate ``step = α_t/(C_t+δ)`` there is no
     closed form: the group is zero iff ``‖z_g/step_g‖ ≤ λw_g`` and otherwise at most a few Newton steps on the
     radius ``ρ = ‖x_g‖`` solve it (on the CPU until ``ρ`` is certified within :data:`RADIUS_TOL`; module
-    docstring). NaN in ``z`` or ``step`` gives NaN for
-    the group.
+    docstring). NaN in ``z`` or ``step`` gives NaN for the group.
 
     ``subgradient`` is ``λ w_g θ_g/‖θ_g‖``, and ``0`` (the minimal-norm element) on zero groups.
 
@@ -215,8 +214,7 @@ def radius_error_bound(norm2_p, norm_z):
 def _group_prox_diag(z, a, mu, axes, steps, *, adaptive=None):
     """``argmin_x μ‖x‖ + Σ_i (x_i − z_i)²/(2 a_i)`` per group, by Newton on ``1/‖p(ρ)‖ = 1``.
 
-    ``a`` is the per-coordinate step, ``μ = λ w_g`` a scalar or per-group array; ``b_i = μ a_i`` is never
-    materialised. At most ``steps`` Newton steps. ``adaptive`` (default: on XLA:CPU only) stops as soon as every
+    ``a`` is the per-coordinate step, ``μ = λ w_g`` a scalar or per-group array, ``b_i = μ a_i``. At most ``steps`` Newton steps. ``adaptive`` (default: on XLA:CPU only) stops as soon as every
     group's radius is certified within :data:`RADIUS_TOL` (module docstring); otherwise all ``steps`` run,
     unrolled — on GPU a ``while`` loop would copy its predicate to the host every iteration.
     """

@@ -43,8 +43,8 @@ def _ratio(mu, t, q):
     other arithmetic on the CPU's divider, ~10 vector instructions cheaper than ``rsqrt`` with its Newton
     refinement. q = ⅔ in float32: ``μ·(t^{−1/3})⁴`` from a bit-level inverse cube root refined to a fraction,
     divided once. Other q in float32: :func:`~proxgen_jax.regularizers.fast_pow.pow_f32` (exponent bits and two
-    short polynomials, a third of the cost of XLA's ``exp``/``log``). Else ``μ·exp((q−2)·log t)``, the
-    exponent capped below the dtype's overflow.
+    short polynomials; with XLA's ``exp``/``log`` the ℓq(0.3) step was 1.6× ``optax.adam``, with these ~1.4×).
+    Else ``μ·exp((q−2)·log t)``, the exponent capped below the dtype's overflow.
     """
     if t.dtype == jnp.float32 and q != 0.5 and abs(q - 2.0 / 3.0) >= 1e-15:
         return mu * pow_f32(t, q - 2.0)  # floors t itself; saturates at 2^127 (r is then far above r*)
