@@ -40,6 +40,7 @@ elementwise prox; with a scalar step (Euclidean metric) the closed form is used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -214,14 +215,35 @@ def radius_error_bound(norm2_p, norm_z):
 def _group_prox_diag(z, a, mu, axes, steps, *, adaptive=None):
     """``argmin_x μ‖x‖ + Σ_i (x_i − z_i)²/(2 a_i)`` per group, by Newton on ``1/‖p(ρ)‖ = 1``.
 
-    ``a`` is the per-coordinate step, ``μ = λ w_g`` a scalar or per-group array, ``b_i = μ a_i``. At most ``steps`` Newton steps. ``adaptive`` (default: on XLA:CPU only) stops as soon as every
-    group's radius is certified within :data:`RADIUS_TOL` (module docstring); otherwise all ``steps`` run,
-    unrolled — on GPU a ``while`` loop would copy its predicate to the host every iteration.
+    ``a`` is the per-coordinate step, ``μ = λ w_g`` a scalar or per-group array, ``b_i = μ a_i``. At most
+    ``steps`` Newton steps. ``adaptive`` (default: on XLA:CPU only) stops as soon as every group's radius is
+    certified within :data:`RADIUS_TOL` (module docstring); otherwise all ``steps`` run, unrolled — on GPU a
+    ``while`` loop would copy its predicate to the host every iteration.
     """
-    # Zero test ‖z/(μa)‖ ≤ 1 (⇔ ‖z/a‖ ≤ λw): overflow of z/(μa) errs towards "non-zero" and underflow
-    # towards "zero", both right whatever the scale of z and a. NaN (NaN input, or 0/0 when λ = 0) fails the
-    # test and takes the Newton path, which returns NaN for NaN input and z itself for λ = 0.
-    zero = _sum(jnp.square(z / (mu * a)), axes) <= 1
+    zero = _zero_groups(z, a, mu, axes)
+    rho = _radius(z, a, mu, axes, steps, adaptive)
+    x = z * (rho / (rho + mu * a))
+    return jnp.where(zero, jnp.zeros_like(z), x)
+
+
+def _zero_groups(z, a, mu, axes):
+    """The zero test ``‖z/(μa)‖ ≤ 1`` (⇔ ``‖z/a‖ ≤ λw``), per group.
+
+    Overflow of ``z/(μa)`` errs towards "non-zero" and underflow towards "zero", both right whatever the scale
+    of ``z`` and ``a``. NaN (NaN input, or 0/0 when λ = 0) fails the test and takes the Newton path, which
+    returns NaN for NaN input and ``z`` itself for λ = 0.
+    """
+    return _sum(jnp.square(z / (mu * a)), axes) <= 1
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _radius(z, a, mu, axes, steps, adaptive):
+    """The radius ``ρ = ‖x*‖`` of each nonzero group (anything on zero groups), kept as ``keepdims`` sums.
+
+    Differentiated implicitly (:func:`_radius_jvp`), not through the Newton steps: a ``while`` loop has no
+    reverse-mode derivative, and the root's derivative is exact where the iterates' is not.
+    """
+    zero = _zero_groups(z, a, mu, axes)  # the same expression as the caller's: XLA computes it once
     nz2 = _sum(jnp.square(z), axes)
     nz = jnp.sqrt(nz2)
     abar = _sum(z * (a * z), axes) / jnp.where(nz2 > 0, nz2, jnp.ones_like(nz2))  # z²-weighted mean of a
@@ -270,5 +292,20 @@ def _group_prox_diag(z, a, mu, axes, steps, *, adaptive=None):
             rho = jax.lax.platform_dependent(rho, cpu=until_certified, default=unrolled)
         else:
             rho = (until_certified if adaptive else unrolled)(rho)
-    x = z * (rho / (rho + mu * a))
-    return jnp.where(zero, jnp.zeros_like(z), x)
+    return rho
+
+
+@_radius.defjvp
+def _radius_jvp(axes, steps, adaptive, primals, tangents):
+    """Implicit derivative of the root of ``F(ρ) = Σ_i z_i²/(ρ + μa_i)² − 1``: ``dρ = −dF/(∂F/∂ρ)``."""
+    z, a, mu = primals
+    dz, da, dmu = tangents
+    rho = _radius(z, a, mu, axes, steps, adaptive)
+    b = mu * a
+    inv = 1 / (rho + b)
+    p = z * inv
+    db = dmu * a + mu * da
+    # F = Σ p² − 1 with p_i = z_i/(ρ + b_i): ∂F/∂z_i = 2p_i/(ρ + b_i), ∂F/∂b_i = −2p_i²/(ρ + b_i), ∂F/∂ρ = Σ_i ∂F/∂b_i.
+    slope = _sum(p * p * inv, axes)
+    drho = (_sum(p * inv * dz, axes) - _sum(p * p * inv * db, axes)) / jnp.where(slope > 0, slope, 1)
+    return rho, drho
