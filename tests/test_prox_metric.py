@@ -21,6 +21,7 @@ default settings, through both :func:`solve_metric_prox` and :func:`proximal_ste
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -355,38 +356,32 @@ def solve_both_ways(reg, shape, problems, alpha=0.1, lam=1.0):
     return np.asarray(x_solve), np.asarray(x_step)
 
 
-@pytest.mark.parametrize("shape", list(L0_CASES), ids=lambda s: f"{s[0]}x{s[1]}")
-def test_l0_reaches_global_minimum(shape):
-    """ℓ0 in a KFAC metric: the global minimum (exact enumeration of supports), relative gap ≤ 1e-6, through
-    both entry points with default settings, across conditioning and λ regimes."""
-    alpha, lam = 0.1, 1.0
-    problems = [scaled_problem(seed, shape, cond, rho) for seed, cond, rho in L0_CASES[shape]]
-    x_solve, x_step = solve_both_ways(L0(), shape, problems)
+def assert_global_minimum(reg, shape, cases, reference, objective, alpha=0.1, lam=1.0):
+    """Through both entry points with default settings, every problem of ``cases`` reaches the reference's
+    global minimum (relative gap ≤ TOL), and the cases span few zeros to mostly zeros."""
+    problems = [scaled_problem(seed, shape, cond, rho) for seed, cond, rho in cases]
+    x_solve, x_step = solve_both_ways(reg, shape, problems)
     zeros = []
     for pr, xs, xt in zip(problems, x_solve, x_step):
         dense, u = pr[3], pr[4]
-        x_ref, f_ref = exact_l0(u, dense, alpha, lam)
+        x_ref, f_ref = reference(u, dense, alpha, lam)
         zeros.append(np.mean(x_ref == 0))
         for x in (xs, xt):
-            assert rel_gap(f_np("l0", x, u, dense, alpha, lam), f_ref) <= TOL
+            assert rel_gap(objective(x, u, dense, alpha, lam), f_ref) <= TOL
     assert min(zeros) < 0.35 and max(zeros) > 0.7  # few zeros to mostly zeros
+
+
+@pytest.mark.parametrize("shape", list(L0_CASES), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_l0_reaches_global_minimum(shape):
+    """ℓ0 in a KFAC metric: the global minimum (exact enumeration of supports), across conditioning and λ."""
+    assert_global_minimum(L0(), shape, L0_CASES[shape], exact_l0, functools.partial(f_np, "l0"))
 
 
 @pytest.mark.parametrize("shape", list(LHALF_CASES), ids=lambda s: f"{s[0]}x{s[1]}")
 def test_lhalf_reaches_global_minimum(shape):
-    """ℓ½ in a KFAC metric: the global minimum (branch and bound over orthants), relative gap ≤ 1e-6,
-    through both entry points with default settings, across conditioning and λ regimes."""
-    alpha, lam = 0.1, 1.0
-    problems = [scaled_problem(seed, shape, cond, rho) for seed, cond, rho in LHALF_CASES[shape]]
-    x_solve, x_step = solve_both_ways(Lq(0.5), shape, problems)
-    zeros = []
-    for pr, xs, xt in zip(problems, x_solve, x_step):
-        dense, u = pr[3], pr[4]
-        x_ref, f_ref = lhalf_global(u, dense, alpha, lam)
-        zeros.append(np.mean(x_ref == 0))
-        for x in (xs, xt):
-            assert rel_gap(f_np("lq", x, u, dense, alpha, lam, q=0.5), f_ref) <= TOL
-    assert min(zeros) < 0.35 and max(zeros) > 0.7
+    """ℓ½ in a KFAC metric: the global minimum (branch and bound over orthants), across conditioning and λ."""
+    assert_global_minimum(Lq(0.5), shape, LHALF_CASES[shape], lhalf_global,
+                          functools.partial(f_np, "lq", q=0.5))
 
 
 def test_lhalf_reference_matches_bruteforce_on_diagonal_metric():
