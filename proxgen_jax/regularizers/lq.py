@@ -46,7 +46,7 @@ def _ratio(mu, t, q):
     short polynomials; with XLA's ``exp``/``log`` the ℓq(0.3) step was 1.6× ``optax.adam``, with these ~1.4×).
     Else ``μ·exp((q−2)·log t)``, the exponent capped below the dtype's overflow.
     """
-    if t.dtype == jnp.float32 and q != 0.5 and abs(q - 2.0 / 3.0) >= 1e-15:
+    if t.dtype == jnp.float32 and q != 0.5 and not _two_thirds_f32(q, t.dtype):
         return mu * pow_f32(t, q - 2.0)  # floors t itself; saturates at 2^127 (r is then far above r*)
     t = jnp.maximum(t, _ratio_floor(q, t.dtype))
     if q == 0.5:
