@@ -82,9 +82,10 @@ def _samples(thresholds, seed):
     return z, a, lam
 
 
-def _assert_brute_force_optimal(name, kind, kw, x, z, a, lam, dtype):
-    """``x`` (float64 copy of the library's answer) is within TOL of the brute-force optimum for (z, a, λ)."""
-    assert np.all(np.isfinite(x))
+def _gap(kind, kw, x, z, a, lam, dtype, *, ulps=None):
+    """Relative objective gap of ``x`` (float64 copy of the library's answer) to the brute-force optimum for
+    (z, a, λ); with ``ulps``, 0 where ``x`` is within that many ulps of the brute-force minimiser (which the
+    oracle pins down to ~1e-8)."""
     x_bf, f_bf = brute_force_prox(kind, z, a, lam, **kw)
     f_ref = representable_reference(kind, x_bf, z, a, lam, dtype, **kw) if dtype == np.float32 else f_bf
     gap = relative_gap(kind, x, z, a, lam, f_ref, **kw)
@@ -95,10 +96,23 @@ def _assert_brute_force_optimal(name, kind, kw, x, z, a, lam, dtype):
         near_level = np.min(np.abs(z[:, None] - np.asarray(kw.get("levels", (-1.0, 1.0)))), axis=1) <= 64 * 1.2e-7
         f_either = representable_reference(kind, x_bf, z, a, lam, dtype, worse=True, **kw)
         gap = np.where(near_level, relative_gap(kind, x, z, a, lam, f_either, **kw), gap)
+    if ulps is not None:
+        gap = np.where(np.abs(x - x_bf) <= ulps * np.finfo(dtype).eps * np.abs(x_bf), 0.0, gap)
+    return gap, x_bf
+
+
+def _assert_gap(name, gap, x, x_bf, z, a, lam, dtype):
+    assert np.all(np.isfinite(x))
     worst = int(np.argmax(gap))
     assert gap[worst] <= TOL[dtype], (
         f"{name}: relative gap {gap[worst]:.3e} at z={z[worst]!r} a={a[worst]!r} lam={lam[worst]!r}: "
         f"x={x[worst]!r}, brute force {x_bf[worst]!r}")
+
+
+def _assert_brute_force_optimal(name, kind, kw, x, z, a, lam, dtype):
+    """``x`` (float64 copy of the library's answer) is within TOL of the brute-force optimum for (z, a, λ)."""
+    gap, x_bf = _gap(kind, kw, x, z, a, lam, dtype)
+    _assert_gap(name, gap, x, x_bf, z, a, lam, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -127,6 +141,33 @@ def test_prox_metric_matches_brute_force(name, reg, kind, kw, thresholds, dtype)
     _assert_brute_force_optimal(name, kind, kw, np.asarray(x, np.float64), z, alpha / c, lam, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
+def test_prox_metric_scaled_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
+    """Given ``c·z`` instead of ``z`` (what Adam's step forms without a division): the prox of ``z = (c·z)/c``,
+    with ``c`` log-uniform over 1e-8…1e8; the oracle gets ``z = (c·z)/c`` and ``a = α/c`` of the rounded data.
+
+    ``z`` itself is then not a float, and one division for the whole step (ℓ1, MCP, SCAD) rounds a few times.
+    In float32 ``x`` must be, for ``z`` or a ``z'`` within 2 ulps of it, within 4 ulps of the minimiser or (at
+    ties, where either candidate minimises) within TOL in objective. No answer computed from ``c·z`` can do
+    better: with ``a = 1e-12`` one ulp of ``x`` costs ``ulp²/(2a)``, near a threshold one ulp of ``z`` flips the
+    minimiser, and the step's own ``z = θ − α·m/c`` is no closer than that either. In float64 the objective
+    gate alone holds, for ``z`` itself."""
+    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()) + 3)
+    c = 10 ** np.random.default_rng(zlib.crc32(name.encode()) + 4).uniform(-8, 8, N)
+    cz, alpha, c, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z * c, a * c, c, lam))
+    with jax.enable_x64(dtype == np.float64):
+        x = jax.jit(reg.prox_metric_scaled)(*(jnp.asarray(v, dtype) for v in (cz, alpha, c, lam)))
+        assert x.dtype == dtype
+    x, z, a = np.asarray(x, np.float64), cz / c, alpha / c
+    if dtype == np.float64:
+        _assert_brute_force_optimal(name, kind, kw, x, z, a, lam, dtype)
+        return
+    gaps = [_gap(kind, kw, x, z * (1 + k * np.finfo(dtype).eps), a, lam, dtype, ulps=4) for k in (0, -2, 2)]
+    gap = np.min([g for g, _ in gaps], axis=0)
+    _assert_gap(name, gap, x, gaps[0][1], z, a, lam, dtype)
+
+
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
 def test_prox_nan_in_nan_out(name, reg, kind, kw, thresholds):
     z = jnp.array([jnp.nan, jnp.nan, jnp.nan, 0.5, -0.5], jnp.float32)
@@ -136,9 +177,10 @@ def test_prox_nan_in_nan_out(name, reg, kind, kw, thresholds):
     # A NaN step never silently produces an exact zero either.
     assert not bool(jnp.any(x[3:] == 0)), x
     # Nor a NaN metric or learning rate in the metric form.
-    xm = reg.prox_metric(z, jnp.array([1.0, 1.0, 1.0, 1.0, jnp.nan]), jnp.array([1e12, 1.0, 1e-12, jnp.nan, 1.0]), 0.1)
-    assert bool(jnp.all(jnp.isnan(xm[:3]))), xm
-    assert not bool(jnp.any(xm[3:] == 0)), xm
+    alpha, c = jnp.array([1.0, 1.0, 1.0, 1.0, jnp.nan]), jnp.array([1e12, 1.0, 1e-12, jnp.nan, 1.0])
+    for xm in (reg.prox_metric(z, alpha, c, 0.1), reg.prox_metric_scaled(z, alpha, c, 0.1)):
+        assert bool(jnp.all(jnp.isnan(xm[:3]))), xm
+        assert not bool(jnp.any(xm[3:] == 0)), xm
 
 
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])

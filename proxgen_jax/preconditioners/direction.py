@@ -23,16 +23,18 @@ class MisplacedPreconditionerOutput(TypeError, AttributeError):
 
 
 class _Sealed:
-    """Aux data of :class:`PreconditionedUpdates`: the metric and the direction's original leaves.
+    """Aux data of :class:`PreconditionedUpdates`: the metric, the direction's original leaves and, where the
+    direction is a fraction ``m_t / (C_t+δ)``, its numerator ``m_t``.
 
     Compared and hashed by identity, so pytree machinery never compares arrays.
     """
 
-    __slots__ = ("metric", "leaves")
+    __slots__ = ("metric", "leaves", "numerator")
 
-    def __init__(self, metric, leaves):
+    def __init__(self, metric, leaves, numerator=None):
         self.metric = metric
         self.leaves = leaves
+        self.numerator = numerator
 
     def __eq__(self, other):
         return self is other
@@ -46,7 +48,10 @@ class PreconditionedUpdates:
     """The pair ``(direction, metric)`` produced by a ProxGen preconditioner.
 
     * ``direction``: a pytree like the gradients, ``(C_t + δI)^{-1} m_t`` — the pytree children;
-    * ``metric``: a pytree of the same structure holding the diagonal of ``C_t + δI`` — sealed aux data.
+    * ``metric``: a pytree of the same structure holding the diagonal of ``C_t + δI`` — sealed aux data;
+    * ``numerator`` (optional, sealed too): ``m_t`` itself when the direction is the quotient ``m_t/(C_t+δ)``
+      (Adam, RMSprop, AdaGrad). With it a prox can form ``(C_t+δ)·z = (C_t+δ)·θ_t − α_t m_t`` without a division
+      and fold ``1/(C_t+δ)`` into its own (:meth:`~proxgen_jax.regularizers.Regularizer.prox_metric_scaled`).
 
     A transformation placed between the preconditioner and the prox sees only the direction; if it changes
     any leaf, the prox detects it (it keeps the original leaves) and raises
@@ -56,13 +61,20 @@ class PreconditionedUpdates:
 
     __slots__ = ("direction", "_sealed")
 
-    def __init__(self, direction: Any, metric: Any, *, _sealed: _Sealed | None = None):
+    def __init__(self, direction: Any, metric: Any, *, numerator: Any = None, _sealed: _Sealed | None = None):
         self.direction = direction
-        self._sealed = _sealed if _sealed is not None else _Sealed(metric, tuple(jax.tree.leaves(direction)))
+        if _sealed is None:
+            _sealed = _Sealed(metric, tuple(jax.tree.leaves(direction)), numerator)
+        self._sealed = _sealed
 
     @property
     def metric(self) -> Any:
         return self._sealed.metric
+
+    @property
+    def numerator(self) -> Any:
+        """``m_t`` when the direction is ``m_t/(C_t+δ)`` (same structure), else ``None``."""
+        return self._sealed.numerator
 
     def tree_flatten(self):
         return (self.direction,), self._sealed
@@ -94,10 +106,11 @@ class PreconditionedUpdates:
 def sqrt_metric_updates(first_moment: Any, second_moment: Any, eps, eps_root=0.0) -> PreconditionedUpdates:
     """The diagonal ProxGen output for ``C_t = √(second_moment + eps_root)`` and ``δ = eps``.
 
-    Direction ``m_t/(C_t+δ)`` — computed exactly as optax's Adam/RMSprop/AdaGrad divide — and metric ``C_t+δ``.
+    Direction ``m_t/(C_t+δ)`` — computed exactly as optax's Adam/RMSprop/AdaGrad divide — and metric ``C_t+δ``;
+    ``m_t`` rides along as the numerator. Under ``jit`` only what the prox uses is computed.
     """
     metric = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, second_moment)
-    return PreconditionedUpdates(jax.tree.map(jnp.divide, first_moment, metric), metric)
+    return PreconditionedUpdates(jax.tree.map(jnp.divide, first_moment, metric), metric, numerator=first_moment)
 
 
 def optional_momentum(updates: Any, mu: Any, decay) -> tuple[Any, Any]:
@@ -121,3 +134,9 @@ def split_updates(updates: Any) -> DirectionAndMetric:
     if isinstance(updates, PreconditionedUpdates):
         return updates.checked()
     return DirectionAndMetric(updates, None)
+
+
+def numerator_of(updates: Any) -> Any:
+    """The numerator ``m_t`` of a diagonal preconditioner's direction ``m_t/(C_t+δ)``, or ``None`` (call
+    :func:`split_updates` first: it checks that nothing changed the direction)."""
+    return updates.numerator if isinstance(updates, PreconditionedUpdates) else None

@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, penalty_args, prox_args
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,11 @@ class L1(ElementwiseRegularizer):
         z, step, lam = prox_args(z, step, lam)
         # copysign, not sign(z)·…: one instruction instead of five in the fused step; NaN stays NaN.
         return jnp.copysign(jnp.maximum(jnp.abs(z) - step * lam, 0), z)
+
+    def prox_metric_scaled(self, cz, learning_rate, metric, lam):
+        # sign(z)·max(|z| − αλ/c, 0) = sign(cz)·max(|cz| − αλ, 0)/c: the only division is by c.
+        cz, alpha, c, lam = metric_prox_args(cz, learning_rate, metric, lam)
+        return jnp.copysign(jnp.maximum(jnp.abs(cz) - alpha * lam, 0), cz) / c
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)

@@ -61,6 +61,22 @@ class MCP(ElementwiseRegularizer):
         use_firm = convex & (t <= g * lam)
         return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
 
+    def prox_metric_scaled(self, cz, learning_rate, metric, lam):
+        # The same pieces for z = cz/c, each as one quotient N/D: firm x = z − sign(z)·min(α(γλc − c|z|),
+        # c|z|·g)/(c·g) with g = γc − α, i.e. N = cz·g − sign(cz)·min(…), D = c·g; beyond, N = cz, D = c.
+        cz, alpha, c, lam = metric_prox_args(cz, learning_rate, metric, lam)
+        g = self.gamma
+        t = jnp.abs(cz)  # c·|z|
+        convex = alpha < g * c
+        gap = jnp.where(convex, g * c - alpha, jnp.ones_like(c))
+        zero = jnp.where(convex, t <= alpha * lam, t * t < (lam * lam) * (alpha * g) * c)
+        use_firm = convex & (t <= (g * lam) * c)
+        shrink = jnp.minimum(alpha * ((g * lam) * c - t), t * gap)
+        num = jnp.where(use_firm, cz * gap - jnp.copysign(shrink, cz), cz)
+        # c·g > 0 where the firm piece applies; the floor keeps an underflow from giving 0/0 there.
+        den = jnp.where(use_firm, jnp.maximum(c * gap, jnp.finfo(c.dtype).tiny), c)
+        return jnp.where(zero, jnp.zeros_like(cz), num / den)
+
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
         return jnp.sign(x) * jnp.maximum(lam - jnp.abs(x) / self.gamma, 0)

@@ -69,6 +69,23 @@ class SCAD(ElementwiseRegularizer):
         den = jnp.where(use_soft, c, jnp.where(use_middle, (g - 1) * c - alpha, jnp.ones_like(c)))
         return z - jnp.copysign(jnp.minimum(num / den, t), z)
 
+    def prox_metric_scaled(self, cz, learning_rate, metric, lam):
+        # The same tests for z = cz/c (c|z| = |cz|), and x = z − sign(z)·min(num/den, |z|) as one quotient
+        # (cz·den − sign(cz)·min(num, |cz|·den))/(c·den), with num/den the shrinkage c·(|z| − |x|) of the piece.
+        cz, alpha, c, lam = metric_prox_args(cz, learning_rate, metric, lam)
+        g = self.gamma
+        t = jnp.abs(cz)  # c·|z|
+        convex = alpha < (g - 1) * c
+        nonconvex_soft = jnp.where(alpha < (g + 1) * c, 2 * t <= lam * ((g + 1) * c + alpha),
+                                   t * t <= (lam * lam) * (alpha * (g + 1)) * c)
+        use_soft = jnp.where(convex, t <= lam * (c + alpha), nonconvex_soft)
+        use_middle = convex & (t <= (g * lam) * c) & ~use_soft
+        num = jnp.where(use_soft, alpha * lam, jnp.where(use_middle, alpha * ((g * lam) * c - t), jnp.zeros_like(t)))
+        den = jnp.where(use_middle, (g - 1) * c - alpha, jnp.ones_like(c))
+        # c·den > 0 on the middle piece; the floor keeps an underflow from giving 0/0 there.
+        c_den = jnp.where(use_middle, jnp.maximum(c * den, jnp.finfo(c.dtype).tiny), c)
+        return (cz * den - jnp.copysign(jnp.minimum(num, t * den), cz)) / c_den
+
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
         t = jnp.abs(x)

@@ -82,13 +82,14 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_nonnegative, check_positive
-from proxgen_jax.preconditioners.direction import split_updates
+from proxgen_jax.preconditioners.direction import numerator_of, split_updates
 from proxgen_jax.preconditioners.full_matrix import MetricOperator
 from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
 from proxgen_jax.transforms.proximal_step import (
     RegularizerOrFn,
     check_regularizer,
+    flatten_optional,
     leaf_step,
     resolve_regularizers,
     value_at,
@@ -559,10 +560,9 @@ def proximal_step_metric(
         lam_t = value_at(lam, state.count)
 
         flat_p, treedef = jax.tree.flatten(params)
-        flat_d = treedef.flatten_up_to(direction)
-        flat_c = [None] * len(flat_p) if metric is None else treedef.flatten_up_to(metric)
+        flat_d, flat_c, flat_n = (flatten_optional(t, treedef) for t in (direction, metric, numerator_of(updates)))
         out, iters = [], jnp.zeros([], jnp.int32)
-        for p, d, c, reg in zip(flat_p, flat_d, flat_c, regs):
+        for p, d, c, n, reg in zip(flat_p, flat_d, flat_c, flat_n, regs):
             if isinstance(c, MetricOperator) and reg is not None:
                 delta, k = metric_leaf_step(reg, p, d, c, alpha, lam_t, inner_steps=inner_steps, tol=tol,
                                             warm_start=warm_start, polish_max_size=polish_max_size,
@@ -570,7 +570,7 @@ def proximal_step_metric(
                 out.append(delta)
                 iters = jnp.maximum(iters, k)
             else:  # a diagonal metric, or no regularizer (the plain step −α_t d ignores the metric)
-                out.append(leaf_step(reg, p, d, c, alpha, lam_t))
+                out.append(leaf_step(reg, p, d, c, alpha, lam_t, numerator=n))
         new_state = ProximalStepMetricState(optax.safe_increment(state.count), iters)
         return jax.tree.unflatten(treedef, out), new_state
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_nonnegative, check_positive
-from proxgen_jax.preconditioners.direction import split_updates
+from proxgen_jax.preconditioners.direction import numerator_of, split_updates
 from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like, resolve_mask
 
@@ -109,21 +109,29 @@ def proximal_step(
         lam_t = value_at(lam, count)
 
         flat_p, treedef = jax.tree.flatten(params)
-        flat_d = treedef.flatten_up_to(direction)
-        flat_c = [None] * len(flat_p) if metric is None else treedef.flatten_up_to(metric)
+        flat_d, flat_c, flat_n = (flatten_optional(t, treedef) for t in (direction, metric, numerator_of(updates)))
         out = []
-        for p, d, c, reg in zip(flat_p, flat_d, flat_c, regs):
-            out.append(leaf_step(reg, p, d, c, alpha, lam_t))
+        for p, d, c, n, reg in zip(flat_p, flat_d, flat_c, flat_n, regs):
+            out.append(leaf_step(reg, p, d, c, alpha, lam_t, numerator=n))
         new_state = ProximalStepState(optax.safe_increment(state.count)) if scheduled else state
         return jax.tree.unflatten(treedef, out), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def leaf_step(regularizer: Regularizer | None, p, d, c, alpha, lam) -> jax.Array:
+def flatten_optional(tree: Any, treedef) -> list:
+    """The leaves of ``tree`` in the order of ``treedef`` (``tree`` may hold arrays or metric objects as leaves),
+    or one ``None`` per leaf when ``tree`` is ``None``."""
+    return [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
+
+
+def leaf_step(regularizer: Regularizer | None, p, d, c, alpha, lam, *, numerator=None) -> jax.Array:
     """``θ_{t+1} − θ_t = prox^{c}_{αλR}(θ − α d) − θ`` for one leaf, in the dtype of ``θ``.
 
-    ``d`` is the direction, ``c`` the diagonal metric (``None``: Euclidean). Computed in float32 or wider.
+    ``d`` is the direction, ``c`` the diagonal metric (``None``: Euclidean). Computed in float32 or wider. When
+    the direction is the quotient ``numerator / c`` and the regularizer folds the division
+    (:meth:`~proxgen_jax.regularizers.Regularizer.prox_metric_scaled`), the prox gets ``c·z = c·θ − α·numerator``
+    and ``d`` is not used (under ``jit`` it is then never computed).
     """
     p = jnp.asarray(p)
     dt = _compute_dtype(p.dtype)
@@ -132,10 +140,12 @@ def leaf_step(regularizer: Regularizer | None, p, d, c, alpha, lam) -> jax.Array
     if regularizer is None:
         return (-alpha * d).astype(p.dtype)
     theta = p.astype(dt)
-    z = theta - alpha * d
     lam = jnp.asarray(lam, dt)
     if c is None:  # Euclidean: step α_t
-        x = regularizer.prox(z, alpha, lam)
+        x = regularizer.prox(theta - alpha * d, alpha, lam)
+    elif numerator is not None and regularizer.folds_metric_division():  # c·z, then one division in the prox
+        c = jnp.asarray(c).astype(dt)
+        x = regularizer.prox_metric_scaled(c * theta - alpha * jnp.asarray(numerator).astype(dt), alpha, c, lam)
     else:  # the metric C_t + δ: step α_t/(C_t + δ) per coordinate
-        x = regularizer.prox_metric(z, alpha, jnp.asarray(c).astype(dt), lam)
+        x = regularizer.prox_metric(theta - alpha * d, alpha, jnp.asarray(c).astype(dt), lam)
     return (x - theta).astype(p.dtype)

@@ -12,10 +12,15 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive, concrete_float
-from proxgen_jax.preconditioners.direction import split_updates
+from proxgen_jax.preconditioners.direction import numerator_of, split_updates
 from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
-from proxgen_jax.transforms.proximal_step import RegularizerOrFn, leaf_step, resolve_regularizers
+from proxgen_jax.transforms.proximal_step import (
+    RegularizerOrFn,
+    flatten_optional,
+    leaf_step,
+    resolve_regularizers,
+)
 
 # Density floor inside log(1 − s): keeps the error finite at s = 1 (0.1 % of the weights).
 _DENSITY_FLOOR = 1e-3
@@ -291,19 +296,18 @@ def target_sparsity(
         log_lam = jnp.clip(log_init + integral + gain_p * err, log_lo, log_hi)
 
         flat_p, treedef = jax.tree.flatten(params)
-        flat_d = treedef.flatten_up_to(direction)
-        flat_c = [None] * len(flat_p) if metric is None else treedef.flatten_up_to(metric)
+        flat_d, flat_c, flat_n = (flatten_optional(t, treedef) for t in (direction, metric, numerator_of(updates)))
 
         def step_at(log_lam):
             """The updates and the sparsity they produce for ``λ = exp(log_lam)``."""
             lam = jnp.exp(log_lam)
             out, new_leaves, k = [], [], 0
-            for p, d, c, reg in zip(flat_p, flat_d, flat_c, regs):
+            for p, d, c, n, reg in zip(flat_p, flat_d, flat_c, flat_n, regs):
                 lam_leaf = None
                 if reg is not None:
                     lam_leaf = lam[k] if per_leaf else lam
                     k += 1
-                u = leaf_step(reg, p, d, c, alpha, lam_leaf)
+                u = leaf_step(reg, p, d, c, alpha, lam_leaf, numerator=n)
                 out.append(u)
                 # What optax.apply_updates will produce, so the measurement counts the real zeros.
                 new_leaves.append(jnp.asarray(p + u).astype(jnp.asarray(p).dtype) if reg is not None else p)
