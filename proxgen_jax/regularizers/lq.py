@@ -114,31 +114,47 @@ class Lq(ElementwiseRegularizer):
         if self.q == 1.0:
             return L1().prox(z, step, lam)
         z, step, lam = prox_args(z, step, lam)
-        # r = μ t^{q−2}, t floored (see _ratio): r is huge at t = 0 when μ > 0 (prox 0), 0 when μ = 0
-        # (identity), NaN when z or μ is NaN.
-        return self._prox_from_ratio(z, _ratio(step * lam, jnp.abs(z), self.q))
+        return self._prox_from_ratio(z, self.step_ratio(z, step, lam))
 
     def prox_metric(self, z, learning_rate, metric, lam):
         if self.q == 0.0:
             return L0().prox_metric(z, learning_rate, metric, lam)
-        if self.q != 0.5 and not _two_thirds_f32(self.q, as_float_array(z).dtype):
-            return super().prox_metric(z, learning_rate, metric, lam)
+        if self.q == 1.0:
+            return L1().prox_metric(z, learning_rate, metric, lam)
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
-        if self.q != 0.5:  # ⅔ in float32: a = α/c joins the inverse cube root's division
+        return self._prox_from_ratio(z, self.metric_ratio(z, alpha, c, lam))
+
+    def step_ratio(self, z, step, lam):
+        """``r = step·λ·|z|^{q−2}`` for ``0 < q < 1`` (arguments already in one dtype): the prox is ``0`` iff
+        ``r ≥ r*``. ``|z|`` is floored (see :func:`_ratio`): ``r`` is huge at ``z = 0`` when ``step·λ > 0``
+        (prox 0), 0 when ``step·λ = 0`` (identity), NaN when ``z`` or ``step·λ`` is NaN."""
+        return _ratio(step * lam, jnp.abs(z), self.q)
+
+    def metric_ratio(self, z, alpha, c, lam):
+        """``r = αλ/(c·|z|^{2−q})``, the ratio for the step ``α/c`` with fewer divisions where ``q`` allows."""
+        if self.q == 0.5:
+            # One division instead of two. The denominator is floored at the smallest normal number
+            # (c·t^{3/2} may underflow, t = 0 included: r is then huge, prox 0, or 0 when λ = 0); overflow
+            # gives r = 0.
+            t = jnp.abs(z)
+            return (alpha * lam) / jnp.maximum(c * (t * jnp.sqrt(t)), jnp.finfo(z.dtype).tiny)
+        if _two_thirds_f32(self.q, z.dtype):  # a = α/c joins the inverse cube root's division
             t = jnp.maximum(jnp.abs(z), jnp.finfo(z.dtype).tiny)
-            return self._prox_from_ratio(z, _two_thirds_ratio(alpha * lam, t, c))
-        # r = αλ/(c·t^{3/2}): one division instead of two. The denominator is floored at the smallest normal
-        # number (c·t^{3/2} may underflow, t = 0 included: r is then huge, prox 0, or 0 when λ = 0); overflow
-        # gives r = 0.
-        t = jnp.abs(z)
-        den = jnp.maximum(c * (t * jnp.sqrt(t)), jnp.finfo(z.dtype).tiny)
-        return self._prox_from_ratio(z, (alpha * lam) / den)
+            return _two_thirds_ratio(alpha * lam, t, c)
+        return self.step_ratio(z, alpha / c, lam)
 
     def _prox_from_ratio(self, z, r):
         """``0`` where ``r ≥ r*``, else ``z·w(r)`` (module :mod:`~proxgen_jax.regularizers.lq_root`)."""
+        r, zero = self.clip_ratio(r)
+        return jnp.where(zero, jnp.zeros_like(z), z * nonzero_root(r, self.q))
+
+    def clip_ratio(self, r):
+        """``(min(r, r*), r ≥ r*)``: the ratio where the nonzero root is evaluated, and where the prox is 0
+        instead (at the tie ``r = r*`` both minimise; we take 0). The ``min`` makes it the division's one user,
+        which keeps XLA's loop fusion whole; NaN stays NaN and is not ``≥ r*``."""
         r_star = threshold_ratio(self.q)
-        r = jnp.minimum(r, r_star)  # one user of the division keeps XLA's loop fusion whole; NaN stays NaN
-        return jnp.where(r >= r_star, jnp.zeros_like(z), z * nonzero_root(r, self.q))
+        r = jnp.minimum(r, r_star)
+        return r, r >= r_star
 
     def subgradient(self, x, lam):
         if self.q == 0.0:

@@ -117,11 +117,11 @@ def _horner(coeffs, u):
     return acc
 
 
-def _evaluate(tab: _RootTable, r, q, xp):
-    """``v(r)`` for ``r ∈ [0, r*]`` in the dtype of ``r`` — the one evaluation used on host and device."""
+def _r_times_expansion(tab: _RootTable, r, xp):
+    """``r·ψ(r)`` (direct form: ``1 − w``) or ``r·φ(s)`` (``1 − v`` before any polishing), in the dtype of ``r``."""
     if tab.direct:
         x = r if tab.x_shift == 0.0 else r * tab.x_scale + tab.x_shift
-        return 1 - r * _horner(tab.coeffs, x)
+        return r * _horner(tab.coeffs, x)
     u = 1 - r * (1.0 / tab.r_fold)  # u = s²
     if tab.clenshaw:
         x = (xp.sqrt(u) - tab.s_lo) * (2.0 / (1.0 - tab.s_lo)) - 1
@@ -133,7 +133,12 @@ def _evaluate(tab: _RootTable, r, q, xp):
         # φ(s) = E(s²) + s·O(s²): the square root is taken once and used once, which keeps XLA's loop fusion
         # of the whole optimizer step intact (an expensive op with many users gets materialised instead).
         phi = _horner(tab.coeffs[0::2], u) + xp.sqrt(u) * _horner(tab.coeffs[1::2], u)
-    v = 1 - r * phi
+    return r * phi
+
+
+def _evaluate(tab: _RootTable, r, q, xp):
+    """``v(r)`` for ``r ∈ [0, r*]`` in the dtype of ``r`` — the one evaluation used on host and device."""
+    v = 1 - _r_times_expansion(tab, r, xp)
     if tab.polish:
         v = xp.minimum(v * (1 + tab.start_bias), 1)
         for _ in range(tab.polish):
@@ -210,3 +215,13 @@ def nonzero_root(r: jax.Array, q: float) -> jax.Array:
     tab = root_table(q, jnp.dtype(r.dtype).name)
     v = _evaluate(tab, r, q, jnp)
     return jax.lax.integer_pow(v, tab.d) if tab.d > 1 else v
+
+
+def nonzero_shrinkage(r: jax.Array, q: float) -> jax.Array:
+    """``1 − w(r)``: the fraction of ``z`` that the nonzero root removes. In the direct form this is the
+    expansion ``r·ψ(r)`` itself, one subtraction fewer than ``1 − w`` and accurate relative to itself as
+    ``r → 0``; otherwise ``1 − w``."""
+    tab = root_table(q, jnp.dtype(r.dtype).name)
+    if tab.direct:
+        return _r_times_expansion(tab, r, jnp)
+    return 1 - nonzero_root(r, q)

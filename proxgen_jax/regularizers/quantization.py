@@ -14,7 +14,8 @@ from proxgen_jax.regularizers.base import (
     penalty_args,
     prox_args,
 )
-from proxgen_jax.regularizers.lq import lq
+from proxgen_jax.regularizers.lq import Lq, lq
+from proxgen_jax.regularizers.lq_root import nonzero_shrinkage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,16 +66,29 @@ class Quantization(ElementwiseRegularizer):
     def prox(self, z, step, lam):
         z, step, lam = prox_args(z, step, lam)
         level = self._level_or_lowest(z)
-        return _land(z, level, lq(self.q).prox(z - level, step, lam))
+        inner = lq(self.q)
+        if isinstance(inner, Lq):
+            return _toward_level(z, level, inner, inner.step_ratio(z - level, step, lam))
+        return _land(z, level, inner.prox(z - level, step, lam))
 
     def prox_metric(self, z, learning_rate, metric, lam):
         z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
         level = self._level_or_lowest(z)
-        return _land(z, level, lq(self.q).prox_metric(z - level, alpha, c, lam))
+        inner = lq(self.q)
+        if isinstance(inner, Lq):
+            return _toward_level(z, level, inner, inner.metric_ratio(z - level, alpha, c, lam))
+        return _land(z, level, inner.prox_metric(z - level, alpha, c, lam))
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
         return lq(self.q).subgradient(x - self.nearest_level(x), lam)
+
+
+def _toward_level(z, level, inner: Lq, r):
+    """For ``0 < q < 1``: the level where the ℓq prox of ``u = z − level`` is 0 (``r ≥ r*``), else ``z`` moved
+    by the shrinkage ``u·(1 − w(r))``, computed as such (no ``u − u·w`` cancellation, no second test)."""
+    r, zero = inner.clip_ratio(r)
+    return jnp.where(zero, level, z - (z - level) * nonzero_shrinkage(r, inner.q))
 
 
 def _land(z, level, pu):
