@@ -31,6 +31,7 @@ BENCHMARKS = [  # (name, script) — skipped when the script does not exist
     ("table3", "table3_binary.py"),
     ("pytorch", "pytorch_side_by_side.py"),
     ("step_overhead", "step_overhead.py"),
+    ("step_cycles", "step_cycles.py"),
     ("group_step_time", "group_step_time.py"),
     ("lasso_support", "lasso_support.py"),
     ("granger_causality", "granger_causality.py"),
@@ -252,7 +253,9 @@ def write_report(times: dict[str, float] | None = None, quick: bool = False) -> 
               f"JAX compile time {pt['jax_compile_s']:.1f} s is excluded from the step time.", ""]
     else:
         L += [(pt or {}).get("skipped", "_not run_"), ""]
-    for name, title in (("step_overhead", "Step overhead"), ("group_step_time", "Group ℓ1,2 step time"),
+    for name, title in (("step_overhead", "Step overhead"),
+                        ("step_cycles", "Step arithmetic per parameter, leaf in cache, one core"),
+                        ("group_step_time", "Group ℓ1,2 step time"),
                         ("lasso_support", "Lasso support recovery"),
                         ("granger_causality", "Granger causality with group ℓ1,2 (paper's appendix task)"),
                         ("kfac_digits", "Proximal KFAC on digits"),

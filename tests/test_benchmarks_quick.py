@@ -21,6 +21,7 @@ BENCHMARKS = [  # (script, JSON file it writes, PNG files it writes)
     ("granger_causality.py", "granger_causality.json", ["granger_causality.png"]),
     ("kfac_digits.py", "kfac_digits.json", ["kfac_digits.png"]),
     ("step_overhead.py", "step_overhead.json", []),
+    ("step_cycles.py", "step_cycles.json", []),
     ("group_step_time.py", "group_step_time.json", []),
     ("target_sparsity.py", "target_sparsity.json", []),
 ]
