@@ -22,14 +22,15 @@ that relative accuracy holds as ``r → 0``:
 * **``s = √(1 − r/r_f)``** otherwise (``q`` above ~0.55, where the fold comes close to ``r*``, and float64): the
   fold disappears and the root is analytic in ``s`` on the whole interval, so a polynomial of degree 4–7
   (Chebyshev degree 24 in float64) reaches the target, evaluated as two short Horner loops (even and odd parts
-  in ``s²``). Here ``v = w^{1/d}`` is expanded (``q = n/d``, ``d ≤ 3``, else ``v = w``), ``v = 1 − r·φ(s)``, and
-  raised to the power ``d``.
+  in ``s²``). In float32 ``w = 1 − r·φ(s)`` is fitted itself (ℓ⅔: degree 6); where that falls short, and in
+  float64, ``v = w^{1/d}`` is (``q = n/d``, ``d ≤ 3``, else ``v = w``), ``v = 1 − r·φ(s)``, raised to the power
+  ``d``.
 
-The variable, the degree (and, where the ``s`` expansion alone falls short, a number of Newton polishing steps on
-the convex polynomial ``P(v) = v^{2d−n} − v^{d−n} + r·q``, started above the root) are chosen per ``(q, dtype)``
-on the host, once, by measuring the error of the very evaluation used here against a float64 bisection: ``v``
-within the dtype's target, or ``w`` in the direct form within 0.6·d times it (``w = v^d`` multiplies ``v``'s
-relative error by ``d``). No ``cbrt``, ``arccos`` or ``pow`` is evaluated in the training step.
+The variable, the degree (and, where the ``s`` expansion of ``v`` alone falls short, a number of Newton polishing
+steps on the convex polynomial ``P(v) = v^{2d−n} − v^{d−n} + r·q``, started above the root) are chosen per
+``(q, dtype)`` on the host, once, by measuring the error of the very evaluation used here against a float64
+bisection: ``v`` within the dtype's target, or ``w`` fitted itself within ``max(1, 0.6·d)`` times it (``w = v^d``
+has ``d`` times ``v``'s relative error). No ``cbrt``, ``arccos`` or ``pow`` is evaluated in the training step.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ _MAX_DENOMINATOR = 3
 # Target max relative error of v, per dtype (a few ulps), and the largest Horner degree tried.
 _TARGET = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 2.5e-7, "float64": 1e-14}
 _HORNER_MAX_DEGREE = 12
-_DIRECT_MAX_DEGREE = 9   # w as a polynomial in r (no square root) up to this degree is preferred ...
-_DIRECT_MARGIN = 0.6     # ... when w is within this fraction of d × target (as accurate as the s form measures)
+_DIRECT_MAX_DEGREE = 9   # w as a polynomial in r (no square root) up to this degree is preferred
+_W_MARGIN = 0.6          # w = v^d fitted itself must be within max(1, 0.6·d) × target (v's error times d is d × target)
 _CLENSHAW_DEGREE = 24  # float64: stable Chebyshev evaluation of a higher degree
 
 
@@ -161,7 +162,7 @@ def root_table(q: float, dtype_name: str) -> _RootTable:
     grid = np.linspace(0.0, r_star, 20001)
     truth = _exact_root_v(q, d, grid[1:])
 
-    def fit(degree, clenshaw):
+    def fit(degree, clenshaw, d=d):
         k = np.arange(degree + 1)
         s_nodes = s_lo + (1.0 - s_lo) * 0.5 * (1.0 + np.cos(np.pi * (k + 0.5) / (degree + 1)))
         r_nodes = r_fold * (1.0 - s_nodes**2)
@@ -184,16 +185,22 @@ def root_table(q: float, dtype_name: str) -> _RootTable:
         return float(np.max(np.abs(v.astype(np.float64) - exact) / exact))
 
     clenshaw = np_dtype == np.float64
-    if not clenshaw:  # float32 and half types: w itself as a polynomial in r, when one is accurate enough
+    if not clenshaw:  # float32 and half types: w itself, first as a polynomial in r, then in s
         truth_w = truth ** d
+        w_tol = max(1.0, _W_MARGIN * d) * target  # w = v^d has d times v's relative error; never above target
         for degree in range(3, _DIRECT_MAX_DEGREE + 1):
             for centred in (False, True):
                 scale, shift = (2.0 / r_star, -1.0) if centred else (1.0, 0.0)
                 tab = _RootTable(r_star, r_fold, 1, 0, False, fit_direct(degree, centred), True, scale, shift,
                                  s_lo, 0.0, 0, 0.0)
                 err = measure(tab, truth_w)
-                if err <= _DIRECT_MARGIN * d * target:  # w = v^d: d times v's relative error
+                if err <= w_tol:
                     return dataclasses.replace(tab, max_error=err)
+        for degree in range(3, _HORNER_MAX_DEGREE + 1) if d > 1 else ():  # (for d = 1 that is the loop below)
+            tab = _RootTable(r_star, r_fold, 1, 0, False, fit(degree, False, 1), False, 1.0, 0.0, s_lo, 0.0, 0, 0.0)
+            err = measure(tab, truth_w)
+            if err <= w_tol:
+                return dataclasses.replace(tab, max_error=err)
     degrees = [_CLENSHAW_DEGREE] if clenshaw else list(range(3, _HORNER_MAX_DEGREE + 1))
     for degree in degrees:
         tab = _RootTable(r_star, r_fold, d, n, clenshaw, fit(degree, clenshaw), False, 1.0, 0.0, s_lo, 0.0, 0, 0.0)
