@@ -62,19 +62,16 @@ class MCP(ElementwiseRegularizer):
         return jnp.where(zero, jnp.zeros_like(z), jnp.where(use_firm, firm, z))
 
     def prox_metric_scaled(self, cz, learning_rate, metric, lam):
-        # The same pieces for z = cz/c, each as one quotient N/D: firm x = z − sign(z)·min(α(γλc − c|z|),
-        # c|z|·g)/(c·g) with g = γc − α, i.e. N = cz·g − sign(cz)·min(…), D = c·g; beyond, N = cz, D = c.
+        # Each piece of the prox of z = cz/c as one quotient: firm x = sign(z)(|z| − aλ)/(1 − a/γ)
+        # = sign(cz)·γ(|cz| − αλ)/(γc − α) (positive there: |cz| > αλ and γc > α); beyond, x = cz/c.
         cz, alpha, c, lam = metric_prox_args(cz, learning_rate, metric, lam)
         g = self.gamma
         t = jnp.abs(cz)  # c·|z|
         convex = alpha < g * c
-        gap = jnp.where(convex, g * c - alpha, jnp.ones_like(c))
         zero = jnp.where(convex, t <= alpha * lam, t * t < (lam * lam) * (alpha * g) * c)
         use_firm = convex & (t <= (g * lam) * c)
-        shrink = jnp.minimum(alpha * ((g * lam) * c - t), t * gap)
-        num = jnp.where(use_firm, cz * gap - jnp.copysign(shrink, cz), cz)
-        # c·g > 0 where the firm piece applies; the floor keeps an underflow from giving 0/0 there.
-        den = jnp.where(use_firm, jnp.maximum(c * gap, jnp.finfo(c.dtype).tiny), c)
+        num = jnp.where(use_firm, jnp.copysign(g * (t - alpha * lam), cz), cz)
+        den = jnp.where(use_firm, g * c - alpha, c)
         return jnp.where(zero, jnp.zeros_like(cz), num / den)
 
     def subgradient(self, x, lam):

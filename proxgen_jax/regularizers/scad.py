@@ -70,8 +70,9 @@ class SCAD(ElementwiseRegularizer):
         return z - jnp.copysign(jnp.minimum(num / den, t), z)
 
     def prox_metric_scaled(self, cz, learning_rate, metric, lam):
-        # The same tests for z = cz/c (c|z| = |cz|), and x = z − sign(z)·min(num/den, |z|) as one quotient
-        # (cz·den − sign(cz)·min(num, |cz|·den))/(c·den), with num/den the shrinkage c·(|z| − |x|) of the piece.
+        # The same tests for z = cz/c (c|z| = |cz|), and each piece as one quotient: soft sign(cz)·max(|cz| − αλ,
+        # 0)/c; middle ((γ−1)z − sign(z)aγλ)/(γ−1−a) = ((γ−1)cz − sign(cz)αγλ)/((γ−1)c − α), whose numerator
+        # keeps the sign of cz there (|cz| > λ(c + α)); identity cz/c.
         cz, alpha, c, lam = metric_prox_args(cz, learning_rate, metric, lam)
         g = self.gamma
         t = jnp.abs(cz)  # c·|z|
@@ -79,12 +80,12 @@ class SCAD(ElementwiseRegularizer):
         nonconvex_soft = jnp.where(alpha < (g + 1) * c, 2 * t <= lam * ((g + 1) * c + alpha),
                                    t * t <= (lam * lam) * (alpha * (g + 1)) * c)
         use_soft = jnp.where(convex, t <= lam * (c + alpha), nonconvex_soft)
-        use_middle = convex & (t <= (g * lam) * c) & ~use_soft
-        num = jnp.where(use_soft, alpha * lam, jnp.where(use_middle, alpha * ((g * lam) * c - t), jnp.zeros_like(t)))
-        den = jnp.where(use_middle, (g - 1) * c - alpha, jnp.ones_like(c))
-        # c·den > 0 on the middle piece; the floor keeps an underflow from giving 0/0 there.
-        c_den = jnp.where(use_middle, jnp.maximum(c * den, jnp.finfo(c.dtype).tiny), c)
-        return (cz * den - jnp.copysign(jnp.minimum(num, t * den), cz)) / c_den
+        use_middle = convex & (t <= (g * lam) * c)  # where not soft
+        soft = jnp.copysign(jnp.maximum(t - alpha * lam, 0), cz)
+        middle = (g - 1) * cz - jnp.copysign(alpha * (g * lam), cz)
+        num = jnp.where(use_soft, soft, jnp.where(use_middle, middle, cz))
+        den = jnp.where(use_middle & ~use_soft, (g - 1) * c - alpha, c)
+        return num / den
 
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
