@@ -17,19 +17,18 @@ from __future__ import annotations
 import os
 
 if hasattr(os, "sched_setaffinity"):  # before jax starts its thread pool: every thread stays on this core
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import argparse
+import platform
+import time
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
+from step_overhead import make_step, regularizer_rows, write_json
 
-import proxgen_jax as pg  # noqa: E402
-from step_overhead import make_step, regularizer_rows  # noqa: E402
+import proxgen_jax as pg
 
 SIZES = (1 << 15, 1 << 17)  # float32 elements: 128 KiB and 512 KiB per array
 
@@ -84,10 +83,7 @@ def main(argv=None):
 
     result = dict(benchmark="step_cycles", quick=args.quick, sizes=list(SIZES), adam_ns_per_param=adam_ns,
                   backend=jax.default_backend(), jax=jax.__version__, machine=platform.machine(), rows=rows)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "step_cycles.json"), "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.out, "step_cycles", result)
     return result
 
 

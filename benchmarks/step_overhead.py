@@ -84,6 +84,14 @@ def tree_bytes(tree) -> int:
     return int(sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(tree)))
 
 
+def write_json(out_dir: str | None, name: str, result: dict) -> None:
+    """``result`` as ``out_dir/name.json`` (nothing when ``out_dir`` is None)."""
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def make_step(tx):
     @jax.jit
     def step(params, state, grads):
@@ -153,10 +161,7 @@ def main(argv=None):
     result = dict(benchmark="step_overhead", quick=args.quick, params=int(n), backend=jax.default_backend(),
                   jax=jax.__version__, optax=optax.__version__, machine=platform.machine(), cpus=os.cpu_count(),
                   rows=rows)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "step_overhead.json"), "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.out, "step_overhead", result)
     return result
 
 

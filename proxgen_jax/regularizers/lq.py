@@ -11,7 +11,6 @@ import numpy as np
 from proxgen_jax._validation import check_in_range
 from proxgen_jax.regularizers.base import (
     ElementwiseRegularizer,
-    as_float_array,
     metric_prox_args,
     penalty_args,
     prox_args,
