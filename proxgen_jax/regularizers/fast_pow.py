@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from proxgen_jax.regularizers.horner import horner
+
 _SQRT_HALF_BITS = int(np.array(np.sqrt(0.5), np.float32).view(np.int32))  # 0x3F3504F3
 _LOG2_DEGREE = 7
 _EXP2_DEGREE = 6
@@ -34,13 +36,6 @@ def _coefficients(kind: str) -> tuple[float, ...]:
     return tuple(float(c) for c in np.polynomial.polynomial.polyfit(x, y, deg))
 
 
-def _horner(coeffs, x):
-    acc = coeffs[-1] * x + coeffs[-2]
-    for c in coeffs[-3::-1]:
-        acc = acc * x + c
-    return acc
-
-
 def log2_f32(t: jax.Array) -> jax.Array:
     """``log2 t`` for normal float32 ``t > 0`` (error ≤ 1.5e-7 plus half an ulp of the result). Subnormals and 0
     are not handled (floor ``t`` at the smallest normal number first), nor NaN (its bits decode as a number)."""
@@ -48,13 +43,13 @@ def log2_f32(t: jax.Array) -> jax.Array:
     k = jax.lax.shift_right_arithmetic(bits - _SQRT_HALF_BITS, 23)  # t = 2^k·m, m ∈ [√½, √2)
     m = jax.lax.bitcast_convert_type(bits - jax.lax.shift_left(k, 23), jnp.float32)
     x = m - 1
-    return k.astype(jnp.float32) + x * _horner(_coefficients("log2"), x)
+    return k.astype(jnp.float32) + x * horner(_coefficients("log2"), x)
 
 
 def exp2_f32(y: jax.Array) -> jax.Array:
     """``2^y`` for float32 ``y`` in ``[−126, 127]`` (relative error ≤ 1.1e-7); the caller clamps ``y``."""
     n = jnp.round(y)
-    q = _horner(_coefficients("exp2"), y - n)  # 2^f, f ∈ [−½, ½]
+    q = horner(_coefficients("exp2"), y - n)  # 2^f, f ∈ [−½, ½]
     bits = jax.lax.bitcast_convert_type(q, jnp.int32) + jax.lax.shift_left(n.astype(jnp.int32), 23)
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 

@@ -45,6 +45,8 @@ import numpy as np
 from numpy.polynomial import chebyshev
 from numpy.polynomial import polynomial
 
+from proxgen_jax.regularizers.horner import horner
+
 _MAX_DENOMINATOR = 3
 # Target max relative error of v, per dtype (a few ulps), and the largest Horner degree tried.
 _TARGET = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 2.5e-7, "float64": 1e-14}
@@ -110,19 +112,11 @@ def _newton(v, r, q, d, n, xp):
     return v - (v - 1 + g) / (1 - (1.0 - q) * g / v)
 
 
-def _horner(coeffs, u):
-    """``Σ_k coeffs[k]·u^k`` by Horner's rule (at least one multiplication, so the result has u's shape)."""
-    acc = coeffs[-1] * u + coeffs[-2] if len(coeffs) > 1 else coeffs[0] + 0 * u
-    for c in coeffs[-3::-1]:
-        acc = acc * u + c
-    return acc
-
-
 def _r_times_expansion(tab: _RootTable, r, xp):
     """``r·ψ(r)`` (direct form: ``1 − w``) or ``r·φ(s)`` (``1 − v`` before any polishing), in the dtype of ``r``."""
     if tab.direct:
         x = r if tab.x_shift == 0.0 else r * tab.x_scale + tab.x_shift
-        return r * _horner(tab.coeffs, x)
+        return r * horner(tab.coeffs, x)
     u = 1 - r * (1.0 / tab.r_fold)  # u = s²
     if tab.clenshaw:
         x = (xp.sqrt(u) - tab.s_lo) * (2.0 / (1.0 - tab.s_lo)) - 1
@@ -133,7 +127,7 @@ def _r_times_expansion(tab: _RootTable, r, xp):
     else:
         # φ(s) = E(s²) + s·O(s²): the square root is taken once and used once, which keeps XLA's loop fusion
         # of the whole optimizer step intact (an expensive op with many users gets materialised instead).
-        phi = _horner(tab.coeffs[0::2], u) + xp.sqrt(u) * _horner(tab.coeffs[1::2], u)
+        phi = horner(tab.coeffs[0::2], u) + xp.sqrt(u) * horner(tab.coeffs[1::2], u)
     return r * phi
 
 
