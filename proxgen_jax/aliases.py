@@ -12,8 +12,8 @@ from proxgen_jax.preconditioners import (
     scale_by_sgd_precond,
 )
 from proxgen_jax.regularizers import Quantization, Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn
-from proxgen_jax.transforms.prox_metric import proximal_step_metric
+from proxgen_jax._tree import MaskOrFn
+from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from proxgen_jax.regularizers import Quantization
-from proxgen_jax.transforms.masks import MaskOrFn, resolve_mask
-from proxgen_jax.transforms.proximal_step import RegularizerOrFn, resolve_regularizers
+from proxgen_jax._tree import MaskOrFn, resolve_mask
+from proxgen_jax.regularizers.base import RegularizerOrFn, resolve_regularizers
 
 
 def sparsity(params: Any, mask: MaskOrFn = None) -> dict[str, jax.Array]:

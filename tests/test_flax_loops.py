@@ -22,8 +22,8 @@ from flax.training import train_state
 from oracles import brute_force_prox
 
 from proxgen_jax.preconditioners.adam import scale_by_adam_precond
-from proxgen_jax.preconditioners.direction import MisplacedPreconditionerOutput
-from proxgen_jax.transforms.masks import kernels_only
+from proxgen_jax.preconditioners.preconditioned_updates import MisplacedPreconditionerOutput
+from proxgen_jax._tree import kernels_only
 from proxgen_jax.transforms.prox_transforms import prox_lq
 from compile_counter import count_compiles
 

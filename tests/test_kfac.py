@@ -11,7 +11,7 @@ import scipy.linalg
 from flax import nnx
 
 import proxgen_jax as pg
-from proxgen_jax.preconditioners.direction import split_updates
+from proxgen_jax.preconditioners.preconditioned_updates import split_updates
 from proxgen_jax.preconditioners.full_matrix import DenseMetric, scale_by_full_matrix_precond
 from proxgen_jax.preconditioners.kfac import (
     KroneckerFactors,
@@ -20,7 +20,7 @@ from proxgen_jax.preconditioners.kfac import (
     scale_by_kfac_precond,
 )
 from proxgen_jax.regularizers import L1
-from proxgen_jax.transforms.prox_metric import proximal_step_metric
+from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 
 
 def spd(rng, n, cond=10.0):
@@ -128,7 +128,7 @@ def test_kfac_direction_matches_numpy(update_every):
         for t in range(steps):
             stats = {"dense": {"kernel": KroneckerFactors(jnp.asarray(factors[t][0]), jnp.asarray(factors[t][1]))}}
             out, state = tx.update({"dense": {"kernel": jnp.asarray(grads[t])}}, state, params, kfac_stats=stats)
-            direction, metric = split_updates(out)
+            direction, metric, _ = split_updates(out)
             np.testing.assert_allclose(np.asarray(direction["dense"]["kernel"]), ref[t], rtol=1e-8)
             assert isinstance(metric["dense"]["kernel"], KroneckerMetric)
 
@@ -150,7 +150,7 @@ def test_fallback_leaves_and_error_messages():
         tx.update(g, state, params, kfac_stats=stats)
     stats["dense"]["bias"] = KroneckerFactors(jnp.ones((1, 1)), 2 * jnp.eye(3))
     out, _ = tx.update(g, state, params, kfac_stats=stats)
-    direction, metric = split_updates(out)
+    direction, metric, _ = split_updates(out)
     # Adam after one step: m̂ = g, v̂ = g² → direction g/(|g| + eps) = −1, metric |g| + eps = 2.
     np.testing.assert_allclose(np.asarray(direction["norm"]["scale"]), -1.0, rtol=1e-4)  # float32 debiasing
     np.testing.assert_allclose(np.asarray(metric["norm"]["scale"]), 2.0, rtol=1e-4)
@@ -181,7 +181,7 @@ def test_full_matrix_adagrad_matches_numpy():
         for _ in range(3):
             g = {"small": rng.normal(size=(2, 3)), "big": rng.normal(size=7)}
             out, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
-            direction, metric = split_updates(out)
+            direction, metric, _ = split_updates(out)
             s_small += np.outer(g["small"].ravel(), g["small"].ravel())
             s_big += g["big"] ** 2
             c = np.real(scipy.linalg.sqrtm(s_small)) + eps * np.eye(6)

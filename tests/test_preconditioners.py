@@ -21,7 +21,7 @@ def _run(tx, grads):
         out = []
         for g in grads:
             upd, state = tx.update(jnp.asarray(g), state, params)
-            d, c = pg.preconditioners.split_updates(upd)
+            d, c, _ = pg.preconditioners.split_updates(upd)
             out.append((np.asarray(d), None if c is None else np.asarray(c)))
     return out
 

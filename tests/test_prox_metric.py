@@ -31,16 +31,18 @@ import optax
 import pytest
 from scipy.optimize import minimize
 
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates
-from proxgen_jax.preconditioners.full_matrix import DenseMetric, MetricOperator, symmetric_eigh
-from proxgen_jax.preconditioners.kfac import KroneckerMetric
+from proxgen_jax.preconditioners.preconditioned_updates import PreconditionedUpdates
 from proxgen_jax.regularizers import L0, L1, MCP, SCAD, Lq, Quantization
-from proxgen_jax.transforms.prox_metric import (
+from proxgen_jax.solvers.metric_operators import (
+    DenseMetric,
     DiagonalMetric,
-    proximal_step_metric,
-    solve_metric_prox,
+    KroneckerMetric,
+    MetricOperator,
     subproblem_objective,
+    symmetric_eigh,
 )
+from proxgen_jax.solvers.metric_prox import solve_metric_prox
+from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 from proxgen_jax.transforms.proximal_step import proximal_step
 from tests import oracles
 

@@ -23,7 +23,7 @@ from oracles import brute_force_prox
 from proxgen_jax.aliases import proxgen_adagrad, proxgen_adam, proxgen_rmsprop, proxgen_sgd, revised_proxquant
 from proxgen_jax.preconditioners.adam import scale_by_adam_precond
 from proxgen_jax.regularizers import L1, Lq
-from proxgen_jax.transforms.masks import kernels_only
+from proxgen_jax._tree import kernels_only
 from proxgen_jax.transforms.prox_transforms import prox_binary, prox_lq, prox_quantize
 from proxgen_jax.transforms.proximal_step import proximal_step
 

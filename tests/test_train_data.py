@@ -13,7 +13,7 @@ from flax import nnx
 
 from proxgen_jax.train import data, models
 from proxgen_jax.train.optimizers import binary_mask
-from proxgen_jax.transforms.masks import kernels_only
+from proxgen_jax._tree import kernels_only
 
 
 def test_digits_split_shapes_ranges_and_stratification():

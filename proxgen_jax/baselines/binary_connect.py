@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_positive
-from proxgen_jax.transforms.masks import MaskOrFn, check_params_like, resolve_mask
+from proxgen_jax._tree import MaskOrFn, check_params_like, resolve_mask
 
 
 def _hard_sign(w: jax.Array) -> jax.Array:

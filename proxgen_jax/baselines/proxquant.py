@@ -16,7 +16,7 @@ from proxgen_jax._validation import check_beta, check_nonnegative, check_positiv
 from proxgen_jax.baselines.binary_connect import clip_latent
 from proxgen_jax.metrics import quantize
 from proxgen_jax.regularizers.quantization import Quantization
-from proxgen_jax.transforms.masks import MaskOrFn, resolve_mask
+from proxgen_jax._tree import MaskOrFn, resolve_mask
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 

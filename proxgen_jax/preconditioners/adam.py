@@ -11,7 +11,7 @@ import optax
 from optax import tree_utils as otu
 
 from proxgen_jax._validation import check_beta, check_nonnegative
-from proxgen_jax.preconditioners.direction import sqrt_metric_updates
+from proxgen_jax.preconditioners.preconditioned_updates import sqrt_metric_updates
 
 
 class ScaleByAdamPrecondState(NamedTuple):

@@ -4,7 +4,7 @@ ProxGen's analysis allows any positive-definite ``C_t + δI`` (Sec. 3). A non-di
 preconditioner to the prox as a :class:`MetricOperator` leaf of ``PreconditionedUpdates.metric``: an object
 that applies ``C_t+δI`` (``matvec``), its inverse (``solve``), and reports ``diag(C_t+δI)``,
 ``λ_max(C_t+δI)`` and single columns ``(C_t+δI) e_i`` — everything
-:func:`~proxgen_jax.transforms.prox_metric.proximal_step_metric` needs, without ever forming a ``d × d``
+:func:`~proxgen_jax.transforms.proximal_step_metric.proximal_step_metric` needs, without ever forming a ``d × d``
 matrix unless the operator *is* one (:class:`DenseMetric`, for small blocks). The
 Kronecker-factored KFAC metric lives in :mod:`proxgen_jax.preconditioners.kfac`.
 
@@ -14,8 +14,6 @@ raises a ``TypeError`` that names the right transformation.
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import math
 from typing import NamedTuple
 
@@ -25,99 +23,11 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_beta, check_nonnegative, check_positive
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates
-
-_NOT_DIAGONAL = (
-    "proxgen_jax: {name} is a non-diagonal metric C_t+δI; its prox has no closed form. Use "
-    "proxgen_jax.transforms.prox_metric.proximal_step_metric(...) (an inner proximal solver) as the prox link "
-    "after this preconditioner, not proximal_step / prox_*."
+from proxgen_jax.preconditioners.preconditioned_updates import PreconditionedUpdates
+from proxgen_jax.solvers.metric_operators import (
+    DenseMetric,
+    symmetric_eigh,
 )
-
-
-class MetricOperator(abc.ABC):
-    """A symmetric positive-definite metric ``M = C_t + δI`` acting on arrays shaped like one parameter leaf.
-
-    Subclasses are registered pytrees (they pass through ``jit``) and implement four methods; ``x`` always has
-    the leaf's shape and the results too (``max_eigenvalue`` is a scalar). ``column`` has a generic default
-    (one ``matvec``) that subclasses may replace by a cheaper formula.
-    """
-
-    @abc.abstractmethod
-    def matvec(self, x: jax.Array) -> jax.Array:
-        """``M x``."""
-
-    @abc.abstractmethod
-    def solve(self, x: jax.Array) -> jax.Array:
-        """``M^{-1} x``."""
-
-    @abc.abstractmethod
-    def diagonal(self) -> jax.Array:
-        """``diag(M)``, shaped like the leaf."""
-
-    @abc.abstractmethod
-    def max_eigenvalue(self) -> jax.Array:
-        """``λ_max(M)`` (a scalar); the inner solver's Lipschitz constant is ``λ_max/α_t``."""
-
-    def column(self, i) -> jax.Array:
-        """``M e_i``, shaped like the leaf: column ``i`` (row-major ``vec`` index, may be traced) of ``M``.
-
-        The inner solver's coordinate-descent polish reads one column per coordinate. This default applies
-        ``matvec`` to a one-hot array; subclasses override it with an ``O(n)`` formula where ``M`` has one.
-        """
-        d = self.diagonal()
-        e = jnp.zeros((d.size,), d.dtype).at[i].set(1).reshape(d.shape)
-        return self.matvec(e)
-
-    def _refuse(self, *args, **kwargs):
-        raise TypeError(_NOT_DIAGONAL.format(name=type(self).__name__))
-
-    __jax_array__ = __array__ = _refuse
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DenseMetric(MetricOperator):
-    r"""``M = U diag(e) Uᵀ`` stored densely for a leaf of ``n = prod(shape)`` entries (row-major ``vec``).
-
-    Attributes:
-      matrix: ``M`` itself, ``(n, n)``.
-      vecs: its eigenvectors ``U``, ``(n, n)``.
-      vals: its eigenvalues ``e > 0``, ``(n,)``.
-      shape: the leaf's shape (static).
-    """
-
-    matrix: jax.Array
-    vecs: jax.Array
-    vals: jax.Array
-    shape: tuple = dataclasses.field(metadata=dict(static=True))
-
-    @classmethod
-    def from_eigh(cls, vecs, vals, shape) -> "DenseMetric":
-        """``M = U diag(vals) Uᵀ`` (``vals`` must already be positive)."""
-        matrix = (vecs * vals[None, :]) @ vecs.T
-        return cls(0.5 * (matrix + matrix.T), vecs, vals, tuple(shape))
-
-    def matvec(self, x):
-        return (self.matrix @ x.reshape(-1)).reshape(self.shape)
-
-    def solve(self, x):
-        y = self.vecs.T @ x.reshape(-1)
-        return (self.vecs @ (y / self.vals)).reshape(self.shape)
-
-    def diagonal(self):
-        return jnp.diagonal(self.matrix).reshape(self.shape)
-
-    def max_eigenvalue(self):
-        return jnp.max(self.vals)
-
-    def column(self, i):
-        return self.matrix[:, i].reshape(self.shape)
-
-
-def symmetric_eigh(m: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(eigenvalues ≥ 0, eigenvectors)`` of the symmetric PSD ``m`` (symmetrised; rounding negatives clipped)."""
-    vals, vecs = jnp.linalg.eigh(0.5 * (m + m.T))
-    return jnp.maximum(vals, 0), vecs
 
 
 class FullMatrixLeafState(NamedTuple):
@@ -156,7 +66,7 @@ def scale_by_full_matrix_precond(
     every ``update_every`` steps (in between, the last decomposition is used for both the direction and the
     prox, so the two always see the same ``C_t + δI``). The direction is ``(C_t+δI)^{-1} m_t`` with
     ``m_t = g_t`` or the EMA ``m_t = ρ m_{t−1} + (1−ρ) g_t`` (``momentum = ρ``). The metric leaf is a
-    :class:`DenseMetric`; chain with :func:`~proxgen_jax.transforms.prox_metric.proximal_step_metric`.
+    :class:`DenseMetric`; chain with :func:`~proxgen_jax.transforms.proximal_step_metric.proximal_step_metric`.
 
     Leaves with more than ``max_size`` entries get the diagonal rule ``C_t = √(diag Ŝ_t)`` (elementwise
     AdaGrad / RMSprop) and a plain array metric, handled in closed form by the same prox link. Cost per
@@ -165,7 +75,7 @@ def scale_by_full_matrix_precond(
     Example:
       >>> import optax, proxgen_jax as pg
       >>> from proxgen_jax.preconditioners.full_matrix import scale_by_full_matrix_precond
-      >>> from proxgen_jax.transforms.prox_metric import proximal_step_metric
+      >>> from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
       >>> tx = optax.chain(scale_by_full_matrix_precond(eps=1e-4),
       ...                  proximal_step_metric(pg.regularizers.L1(), lam=1e-3, learning_rate=0.1))
 

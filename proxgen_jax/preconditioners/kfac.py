@@ -32,7 +32,7 @@ the prox, so both always see the same ``M``:
 
 The direction is ``M^{-1} m_t`` with the EMA momentum ``m_t = ρ m_{t−1} + (1−ρ) g_t`` (Algorithm 1, line 6)
 and the metric leaf a :class:`KroneckerMetric`; chain with
-:func:`~proxgen_jax.transforms.prox_metric.proximal_step_metric`, whose inner solver uses only ``Ã X G̃``
+:func:`~proxgen_jax.transforms.proximal_step_metric.proximal_step_metric`, whose inner solver uses only ``Ã X G̃``
 products and ``λ_max(M) = max λ^A · max λ^G (+ δ)`` (and, on small leaves, single columns ``M e_i`` for its
 coordinate-descent polish) — never the ``d × d`` matrix. Leaves without factors (embeddings, norm scales, ...)
 go through ``fallback``, a diagonal ProxGen preconditioner such as ``scale_by_adam_precond()``.
@@ -44,23 +44,26 @@ References:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
+from proxgen_jax._tree import MaskOrFn, key_name, resolve_mask
 from proxgen_jax._validation import check_beta, check_positive
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates, split_updates
-from proxgen_jax.preconditioners.full_matrix import MetricOperator, symmetric_eigh
-from proxgen_jax.transforms.masks import MaskOrFn, resolve_mask
+from proxgen_jax.preconditioners.preconditioned_updates import (
+    PreconditionedUpdates,
+    split_updates,
+)
+from proxgen_jax.solvers.metric_operators import (
+    DAMPING_MODES,
+    KroneckerMetric,
+    matrix_shape,
+    symmetric_eigh,
+)
 
-_MODES = ("exact", "factored")
 _INPUTS = "_kfac_inputs"
 _OUTPUTS = "_kfac_outputs"
 
@@ -96,102 +99,11 @@ def bias_factors(output_grads: jax.Array) -> KroneckerFactors:
     return KroneckerFactors(jnp.ones((1, 1), d.dtype), d.shape[0] * (d.T @ d))
 
 
-def _matrix_shape(shape) -> tuple[int, int]:
-    """A leaf ``(..., d_out)`` seen as the matrix ``(prod(...), d_out)``; a bias ``(d,)`` is ``(1, d)``."""
-    shape = tuple(shape)
-    if not shape:
-        return 1, 1
-    return math.prod(shape[:-1]), shape[-1]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class KroneckerMetric(MetricOperator):
-    r"""``M = Ã ⊗ G̃ + s I`` on a leaf seen as the matrix ``X`` (``(d_in, d_out)``): ``M X = Ã X G̃ + s X``.
-
-    ``Ã = U_A diag(e_A) U_Aᵀ`` and ``G̃ = U_G diag(e_G) U_Gᵀ`` are the (damped) factors, stored with their
-    eigendecompositions so that ``M^{-1} X = U_A [(U_Aᵀ X U_G) / (e_A e_Gᵀ + s)] U_Gᵀ``,
-    ``diag(M) = diag(Ã) diag(G̃)ᵀ + s`` and ``λ_max(M) = max e_A · max e_G + s`` cost factor-sized work only
-    (and a column ``M e_i``, an outer product of factor columns, ``O(n)``).
-    In row-major ``vec`` the dense matrix is ``kron(Ã, G̃) + s I``.
-    """
-
-    a_mat: jax.Array
-    g_mat: jax.Array
-    a_vecs: jax.Array
-    a_vals: jax.Array
-    g_vecs: jax.Array
-    g_vals: jax.Array
-    shift: jax.Array
-    shape: tuple = dataclasses.field(metadata=dict(static=True))
-
-    @classmethod
-    def from_eigh(cls, a_vals, a_vecs, g_vals, g_vecs, damping, shape, mode: str = "exact") -> "KroneckerMetric":
-        """The metric from the factors' eigendecompositions (``A = U_A diag(a_vals) U_Aᵀ``) and ``δ``."""
-        if mode not in _MODES:
-            raise ValueError(f"`damping_mode` must be one of {_MODES}, got {mode!r}.")
-        a_vals = jnp.maximum(a_vals, 0)
-        g_vals = jnp.maximum(g_vals, 0)
-        damping = jnp.asarray(damping, a_vals.dtype)
-        if mode == "exact":
-            ea, eg, shift = a_vals, g_vals, damping
-        else:
-            mean_a = jnp.mean(a_vals)
-            mean_g = jnp.mean(g_vals)
-            ok = jnp.logical_and(mean_a > 0, mean_g > 0)
-            pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1) / jnp.where(ok, mean_g, 1)), 1)
-            root = jnp.sqrt(damping)
-            ea, eg, shift = a_vals + pi * root, g_vals + root / pi, jnp.zeros_like(damping)
-        a_mat = (a_vecs * ea[None, :]) @ a_vecs.T
-        g_mat = (g_vecs * eg[None, :]) @ g_vecs.T
-        return cls(0.5 * (a_mat + a_mat.T), 0.5 * (g_mat + g_mat.T), a_vecs, ea, g_vecs, eg, shift, tuple(shape))
-
-    @classmethod
-    def from_factors(cls, a_cov, g_cov, damping, shape, mode: str = "exact") -> "KroneckerMetric":
-        """The metric from the factor matrices themselves (one ``eigh`` each)."""
-        a_vals, a_vecs = symmetric_eigh(jnp.asarray(a_cov))
-        g_vals, g_vecs = symmetric_eigh(jnp.asarray(g_cov))
-        return cls.from_eigh(a_vals, a_vecs, g_vals, g_vecs, damping, shape, mode)
-
-    def _mat(self, x):
-        return x.reshape(_matrix_shape(self.shape))
-
-    def matvec(self, x):
-        xm = self._mat(x)
-        return (self.a_mat @ xm @ self.g_mat + self.shift * xm).reshape(self.shape)
-
-    def solve(self, x):
-        y = self.a_vecs.T @ self._mat(x) @ self.g_vecs
-        y = y / (self.a_vals[:, None] * self.g_vals[None, :] + self.shift)
-        return (self.a_vecs @ y @ self.g_vecs.T).reshape(self.shape)
-
-    def diagonal(self):
-        d = jnp.diagonal(self.a_mat)[:, None] * jnp.diagonal(self.g_mat)[None, :] + self.shift
-        return d.reshape(self.shape)
-
-    def max_eigenvalue(self):
-        return jnp.max(self.a_vals) * jnp.max(self.g_vals) + self.shift
-
-    def column(self, i):
-        """``M e_i`` for the entry ``i = a·d_out + b``: ``Ã[:, a] G̃[b, :] + s e_i`` — ``O(n)`` work."""
-        _, dg = _matrix_shape(self.shape)
-        a, b = i // dg, i % dg
-        col = self.a_mat[:, a][:, None] * self.g_mat[b, :][None, :]
-        return col.at[a, b].add(self.shift).reshape(self.shape)
-
-
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _path_names(path) -> tuple[str, ...]:
     """Key names along ``path``; a trailing ``.value`` (an ``nnx.Variable`` viewed as a pytree) is dropped."""
     if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
         path = path[:-1]
-    return tuple(_key_name(k) for k in path)
+    return tuple(key_name(k) for k in path)
 
 
 def dense_layers(params: Any) -> Any:
@@ -268,8 +180,8 @@ def scale_by_kfac_precond(
     Example (Flax nnx; a complete loop is in ``benchmarks/kfac_digits.py``):
       >>> import optax, proxgen_jax as pg
       >>> from flax import nnx
-      >>> from proxgen_jax.preconditioners.kfac import scale_by_kfac_precond, kfac_value_and_grad
-      >>> from proxgen_jax.transforms.prox_metric import proximal_step_metric
+      >>> from proxgen_jax.preconditioners import scale_by_kfac_precond, kfac_value_and_grad
+      >>> from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
       >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
       >>> tx = optax.chain(scale_by_kfac_precond(damping=1e-2),
       ...                  proximal_step_metric(pg.regularizers.L1(), lam=1e-4, learning_rate=0.05,
@@ -305,8 +217,8 @@ def scale_by_kfac_precond(
     check_beta("momentum", momentum)
     check_beta("decay", decay)
     check_positive("damping", damping)
-    if damping_mode not in _MODES:
-        raise ValueError(f"`damping_mode` must be one of {_MODES}, got {damping_mode!r}.")
+    if damping_mode not in DAMPING_MODES:
+        raise ValueError(f"`damping_mode` must be one of {DAMPING_MODES}, got {damping_mode!r}.")
     if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
         raise ValueError(f"`update_every` must be an int ≥ 1, got {update_every!r}.")
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
@@ -336,7 +248,7 @@ def scale_by_kfac_precond(
                 layers.append(None)
                 continue
             dt = jnp.promote_types(jnp.asarray(p).dtype, jnp.float32)
-            da, dg = _matrix_shape(jnp.shape(p))
+            da, dg = matrix_shape(jnp.shape(p))
             mu.append(jnp.zeros(jnp.shape(p), dt))
             layers.append(KfacLeafState(jnp.zeros((da, da), dt), jnp.zeros((dg, dg), dt), jnp.zeros((da,), dt),
                                         jnp.eye(da, dtype=dt), jnp.zeros((dg,), dt), jnp.eye(dg, dtype=dt)))
@@ -362,7 +274,7 @@ def scale_by_kfac_precond(
             if key not in stats:
                 raise ValueError(f"`kfac_stats` has no KroneckerFactors for {jax.tree_util.keystr(path)}.")
             fac = stats[key]
-            da, dg = _matrix_shape(jnp.shape(g))
+            da, dg = matrix_shape(jnp.shape(g))
             if jnp.shape(fac.a_cov) != (da, da) or jnp.shape(fac.g_cov) != (dg, dg):
                 raise ValueError(f"`kfac_stats` at {jax.tree_util.keystr(path)} has factor shapes "
                                  f"{jnp.shape(fac.a_cov)}, {jnp.shape(fac.g_cov)}; expected {(da, da)}, {(dg, dg)}.")
@@ -423,111 +335,3 @@ def scale_by_kfac_precond(
         return PreconditionedUpdates(direction, metric), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Flax nnx statistics capture
-# --------------------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _tapped_linear():
-    """Within the context, ``nnx.Linear.__call__`` records its input and perturbs its output under ``nnx.capture``.
-
-    The tap is active only inside ``nnx.capture`` (the module carries ``__captures__``); elsewhere Linear
-    behaves as usual. The class attribute is restored on exit (Flax's own ``capture(method_outputs=...)``
-    instruments classes the same way).
-    """
-    from flax import nnx
-
-    original = nnx.Linear.__call__
-    if getattr(original, "_proxgen_kfac_tap", False):  # nested use
-        yield
-        return
-
-    @functools.wraps(original)
-    def tapped(self, inputs, *args, **kwargs):
-        y = original(self, inputs, *args, **kwargs)
-        if hasattr(self, "__captures__"):
-            self.sow(nnx.Intermediate, _INPUTS, inputs)
-            y = self.perturb(_OUTPUTS, y)
-        return y
-
-    tapped._proxgen_kfac_tap = True
-    nnx.Linear.__call__ = tapped
-    try:
-        yield
-    finally:
-        nnx.Linear.__call__ = original
-
-
-def _flat(state) -> dict:
-    from flax import nnx
-
-    out = {}
-    for path, var in nnx.to_flat_state(state):
-        out[tuple(path)] = var.get_value() if hasattr(var, "get_value") else var
-    return out
-
-
-def _nest(flat: dict) -> dict:
-    root: dict = {}
-    for path, value in flat.items():
-        node = root
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return root
-
-
-def kfac_value_and_grad(loss_fn: Callable[..., Any], *, has_aux: bool = False) -> Callable[..., Any]:
-    """Like ``nnx.value_and_grad(loss_fn)``, also returning the KFAC statistics of every ``nnx.Linear``.
-
-    ``loss_fn(model, *args, **kwargs)`` must return the *mean* loss over the batch (or ``(loss, aux)`` with
-    ``has_aux``). The returned function gives ``(loss, grads, kfac_stats)`` (``((loss, aux), grads,
-    kfac_stats)`` with ``has_aux``): ``grads`` as ``nnx.grad`` gives them (w.r.t. ``nnx.Param``), and
-    ``kfac_stats`` a nested dict keyed like the parameters with :class:`KroneckerFactors` at each Linear's
-    ``kernel`` and ``bias`` — pass it on as ``optimizer.update(model, grads, kfac_stats=kfac_stats)``.
-
-    One forward and one backward pass: the output gradients ``δ`` come from differentiating with respect to
-    zero perturbations added to each Linear's output (``Module.perturb``), in the same backward pass as the
-    parameter gradients; the inputs are recorded with ``Module.sow``. Under ``jit`` XLA removes the
-    shape-only pass that creates the zero perturbations.
-
-    Limitations: only ``nnx.Linear`` (and subclasses that do not override ``__call__``) is tapped; a layer
-    called more than once per loss (weight sharing) raises ``ValueError``; during tracing the class attribute
-    ``nnx.Linear.__call__`` is temporarily replaced (not thread-safe across concurrent traces).
-
-    Example:
-      >>> loss, grads, stats = kfac_value_and_grad(loss_fn)(model, x, y)   # doctest: +SKIP
-      >>> optimizer.update(model, grads, kfac_stats=stats)                  # doctest: +SKIP
-    """
-    def wrapped(model, *args, **kwargs):
-        from flax import nnx
-
-        with _tapped_linear():
-            _, probes = nnx.capture(loss_fn, nnx.Perturbation)(model, *args, **kwargs)
-
-            def inner(model, probes):
-                out, inter = nnx.capture(loss_fn, nnx.Intermediate, init=probes)(model, *args, **kwargs)
-                loss, aux = out if has_aux else (out, None)
-                return loss, (aux, inter)
-
-            (loss, (aux, inter)), (grads, probe_grads) = nnx.value_and_grad(
-                inner, argnums=(0, 1), has_aux=True)(model, probes)
-
-        inputs = {k[:-1]: v for k, v in _flat(inter).items() if k[-1] == _INPUTS}
-        deltas = {k[:-1]: v for k, v in _flat(probe_grads).items() if k[-1] == _OUTPUTS}
-        modules = dict(nnx.iter_modules(model))
-        stats = {}
-        for path, recorded in inputs.items():
-            if len(recorded) != 1:
-                raise ValueError(f"nnx.Linear at {path} was called {len(recorded)} times in one loss; "
-                                 "kfac_value_and_grad supports one call per layer.")
-            delta = deltas[path]
-            stats[path + ("kernel",)] = dense_factors(recorded[0], delta)
-            if getattr(modules.get(path), "bias", None) is not None:
-                stats[path + ("bias",)] = bias_factors(delta)
-        out = (loss, aux) if has_aux else loss
-        return out, grads, _nest(stats)
-
-    return wrapped

@@ -8,7 +8,10 @@ import optax
 from optax import tree_utils as otu
 
 from proxgen_jax._validation import check_beta, check_nonnegative
-from proxgen_jax.preconditioners.direction import optional_momentum, sqrt_metric_updates
+from proxgen_jax.preconditioners.preconditioned_updates import (
+    optional_momentum,
+    sqrt_metric_updates,
+)
 
 
 class ScaleByRmspropPrecondState(NamedTuple):

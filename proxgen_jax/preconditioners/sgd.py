@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from proxgen_jax._validation import check_positive
-from proxgen_jax.preconditioners.direction import PreconditionedUpdates
 from proxgen_jax.preconditioners.momentum import ema_momentum
+from proxgen_jax.preconditioners.preconditioned_updates import PreconditionedUpdates
 
 
 def scale_by_sgd_precond(momentum: float = 0.9, *, delta: float = 1.0) -> optax.GradientTransformation:

@@ -10,15 +10,19 @@ A regularizer is pure, shape-agnostic math. For a weight ``lam`` (the paper's λ
 
 All three broadcast ``z``, ``step`` and ``lam`` against each other, compute in the dtype of ``z`` and are
 branch-free (``jnp.where`` on safe arguments), so they jit, vmap and shard like any elementwise op.
-NaN in ``z`` or ``step`` gives NaN out, never a silent zero.
+NaN in ``z`` or ``step`` gives NaN out, never a silent zero. Faster forms of the same minimiser for the fused
+optimizer step are private (:mod:`proxgen_jax.regularizers._metric_forms`).
 """
 
 from __future__ import annotations
 
 import abc
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+
+from proxgen_jax._tree import MaskOrFn, check_choice, resolve_per_leaf
 
 
 class Regularizer(abc.ABC):
@@ -39,32 +43,6 @@ class Regularizer(abc.ABC):
     @abc.abstractmethod
     def subgradient(self, x: jax.Array, lam) -> jax.Array:
         """An element of ``∂(λ·R)(x)``; documented per regularizer at non-smooth points."""
-
-    def prox_metric(self, z: jax.Array, learning_rate, metric, lam) -> jax.Array:
-        r"""The prox in a diagonal metric: ``argmin_x λR(x) + Σ_i metric_i (x_i − z_i)² / (2α)``.
-
-        This is Algorithm 1, line 8 with ``metric = C_t + δ`` and ``learning_rate = α_t``: the same minimiser
-        as ``prox(z, α/metric, lam)``, which is what this default computes. Subclasses override it where
-        keeping ``α`` and the metric apart saves a division per coordinate in the fused optimizer step (the
-        thresholds are then compared as ``|z|·metric ≤ αλ`` rather than ``|z| ≤ αλ/metric``).
-        """
-        return self.prox(z, learning_rate / jnp.asarray(metric), lam)
-
-    def prox_metric_scaled(self, cz: jax.Array, learning_rate, metric, lam) -> jax.Array:
-        r"""The same prox as :meth:`prox_metric`, given ``c·z`` (``c = metric``) instead of ``z``.
-
-        With Adam, RMSprop or AdaGrad the step's ``z = θ_t − α_t m_t/c`` costs a division per coordinate, while
-        ``c·z = c·θ_t − α_t m_t`` costs none. A prox that divides by ``c`` anyway (its step ``α_t/c``) can then
-        fold Adam's division into its own: one division per coordinate for the whole step instead of two, which
-        matters because the fused step is bound by the CPU's divider. Subclasses override this where that holds
-        (ℓ1, MCP, SCAD); :func:`~proxgen_jax.transforms.proximal_step.leaf_step` uses it only for them. This
-        default divides and calls :meth:`prox_metric`.
-        """
-        return self.prox_metric(cz / jnp.asarray(metric), learning_rate, metric, lam)
-
-    def folds_metric_division(self) -> bool:
-        """Whether :meth:`prox_metric_scaled` is overridden (one division for Adam's step and the prox)."""
-        return type(self).prox_metric_scaled is not Regularizer.prox_metric_scaled
 
 
 class ElementwiseRegularizer(Regularizer):
@@ -102,3 +80,16 @@ def prox_args(z, step, lam):
     """Casts ``(z, step, lam)`` to the dtype of ``z`` (``step``/``lam`` may be Python scalars or arrays)."""
     z = as_float_array(z)
     return z, jnp.asarray(step, z.dtype), jnp.asarray(lam, z.dtype)
+
+
+RegularizerOrFn = Union[Regularizer, Callable[[Any, Any], Optional[Regularizer]], None]
+
+
+def check_regularizer(regularizer: RegularizerOrFn) -> None:
+    """``ValueError`` unless ``regularizer`` is a :class:`Regularizer`, a per-leaf callable or ``None``."""
+    check_choice(regularizer, kind=Regularizer, what="regularizer")
+
+
+def resolve_regularizers(regularizer: RegularizerOrFn, params: Any, mask: MaskOrFn) -> list:
+    """One ``Regularizer | None`` per leaf of ``params``: ``None`` where masked out or not regularised."""
+    return resolve_per_leaf(regularizer, params, mask, kind=Regularizer, what="regularizer")

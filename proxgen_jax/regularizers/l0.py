@@ -6,7 +6,13 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from proxgen_jax.regularizers.base import ElementwiseRegularizer, metric_prox_args, penalty_args, prox_args
+from proxgen_jax.regularizers import _metric_forms
+from proxgen_jax.regularizers.base import (
+    ElementwiseRegularizer,
+    metric_prox_args,
+    penalty_args,
+    prox_args,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +32,17 @@ class L0(ElementwiseRegularizer):
     def prox(self, z, step, lam):
         # The step is the metric form with α = step and metric 1 (the multiplication by 1 is exact).
         z, step, lam = prox_args(z, step, lam)
-        return self.prox_metric(z, step, jnp.ones_like(step), lam)
-
-    def prox_metric(self, z, learning_rate, metric, lam):
-        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
-        # z² < 2αλ/c without the division (c = C_t + δ ≥ 0). Strict ``<``: NaN anywhere fails the test and keeps
-        # z, and λ = 0 is an exact identity even where z² underflows.
-        return jnp.where((z * z) * c < 2 * (alpha * lam), jnp.zeros_like(z), z)
+        return _prox_metric(self, z, step, jnp.ones_like(step), lam)
 
     def subgradient(self, x, lam):
         x, _ = penalty_args(x, lam)
         return jnp.where(jnp.isnan(x), x, jnp.zeros_like(x))
+
+
+@_metric_forms.prox_metric.register(L0)
+def _prox_metric(regularizer, z, learning_rate, metric, lam):
+    del regularizer
+    z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+    # z² < 2αλ/c without the division (c = C_t + δ ≥ 0). Strict ``<``: NaN anywhere fails the test and keeps
+    # z, and λ = 0 is an exact identity even where z² underflows.
+    return jnp.where((z * z) * c < 2 * (alpha * lam), jnp.zeros_like(z), z)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxgen_jax._validation import check_in_range
+from proxgen_jax.regularizers import _metric_forms
 from proxgen_jax.regularizers.base import (
     ElementwiseRegularizer,
     metric_prox_args,
@@ -115,14 +116,6 @@ class Lq(ElementwiseRegularizer):
         z, step, lam = prox_args(z, step, lam)
         return self._prox_from_ratio(z, self.step_ratio(z, step, lam))
 
-    def prox_metric(self, z, learning_rate, metric, lam):
-        if self.q == 0.0:
-            return L0().prox_metric(z, learning_rate, metric, lam)
-        if self.q == 1.0:
-            return L1().prox_metric(z, learning_rate, metric, lam)
-        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
-        return self._prox_from_ratio(z, self.metric_ratio(z, alpha, c, lam))
-
     def step_ratio(self, z, step, lam):
         """``r = step·λ·|z|^{q−2}`` for ``0 < q < 1`` (arguments already in one dtype): the prox is ``0`` iff
         ``r ≥ r*``. ``|z|`` is floored (see :func:`_ratio`): ``r`` is huge at ``z = 0`` when ``step·λ > 0``
@@ -175,3 +168,13 @@ def lq(q: float) -> ElementwiseRegularizer:
     if q == 1:
         return L1()
     return Lq(q)
+
+
+@_metric_forms.prox_metric.register(Lq)
+def _prox_metric(regularizer, z, learning_rate, metric, lam):
+    if regularizer.q == 0.0:
+        return _metric_forms.prox_metric(L0(), z, learning_rate, metric, lam)
+    if regularizer.q == 1.0:
+        return _metric_forms.prox_metric(L1(), z, learning_rate, metric, lam)
+    z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+    return regularizer._prox_from_ratio(z, regularizer.metric_ratio(z, alpha, c, lam))

@@ -42,8 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpy.polynomial import chebyshev
-from numpy.polynomial import polynomial
+from numpy.polynomial import chebyshev, polynomial
 
 from proxgen_jax.regularizers.horner import horner
 

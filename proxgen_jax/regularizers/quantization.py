@@ -8,6 +8,7 @@ import itertools
 import jax.numpy as jnp
 
 from proxgen_jax._validation import check_in_range
+from proxgen_jax.regularizers import _metric_forms
 from proxgen_jax.regularizers.base import (
     ElementwiseRegularizer,
     metric_prox_args,
@@ -71,14 +72,6 @@ class Quantization(ElementwiseRegularizer):
             return _toward_level(z, level, inner, inner.step_ratio(z - level, step, lam))
         return _land(z, level, inner.prox(z - level, step, lam))
 
-    def prox_metric(self, z, learning_rate, metric, lam):
-        z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
-        level = self._level_or_lowest(z)
-        inner = lq(self.q)
-        if isinstance(inner, Lq):
-            return _toward_level(z, level, inner, inner.metric_ratio(z - level, alpha, c, lam))
-        return _land(z, level, inner.prox_metric(z - level, alpha, c, lam))
-
     def subgradient(self, x, lam):
         x, lam = penalty_args(x, lam)
         return lq(self.q).subgradient(x - self.nearest_level(x), lam)
@@ -105,3 +98,13 @@ def binary(q: float = 1.0) -> Quantization:
 def ternary(q: float = 1.0) -> Quantization:
     """``dist(θ, {−1, 0, +1})^q``."""
     return Quantization((-1.0, 0.0, 1.0), q)
+
+
+@_metric_forms.prox_metric.register(Quantization)
+def _prox_metric(regularizer, z, learning_rate, metric, lam):
+    z, alpha, c, lam = metric_prox_args(z, learning_rate, metric, lam)
+    level = regularizer._level_or_lowest(z)
+    inner = lq(regularizer.q)
+    if isinstance(inner, Lq):
+        return _toward_level(z, level, inner, inner.metric_ratio(z - level, alpha, c, lam))
+    return _land(z, level, _metric_forms.prox_metric(inner, z - level, alpha, c, lam))

@@ -31,7 +31,7 @@ import optax
 from proxgen_jax.aliases import proxgen_adam, proxgen_sgd, revised_proxquant
 from proxgen_jax.metrics import regularization_value
 from proxgen_jax.regularizers import L0, L1, MCP, SCAD, Lq, Quantization, lq
-from proxgen_jax.transforms.masks import MaskOrFn, key_name, kernels_only
+from proxgen_jax._tree import MaskOrFn, key_name, kernels_only
 
 OPTIMIZERS = ("proxgen_adam", "proxgen_sgd", "subgradient_adam", "prox_sgd", "proxquant", "revised_proxquant",
               "binary_connect", "l0_hc", "adam")
@@ -80,6 +80,13 @@ def binary_mask(params: Any) -> Any:
                  or any(a in ("convs", "hidden") and b == "0" for a, b in zip(names[:-1], names[1:])))
         return bool(on) and not first
     return jax.tree_util.tree_map_with_path(keep, kern)
+
+
+def hidden_kernels(params: Any) -> Any:
+    """Kernels except the classifier head's: zero groups there remove hidden neurons and filters, never a class."""
+    kern = kernels_only(params)
+    return jax.tree_util.tree_map_with_path(lambda path, on: bool(on) and "head" not in
+                                            [key_name(k) for k in path], kern)
 
 
 def make_regularizer(name: str, *, q: float = 0.5, gamma: float | None = None) -> Any:
@@ -201,7 +208,7 @@ class HardConcreteGates:
     drop_init: float = 0.5
 
     def _flags(self, params):
-        from proxgen_jax.transforms.masks import resolve_mask
+        from proxgen_jax._tree import resolve_mask
         return resolve_mask(self.mask, params)
 
     def init(self, params, key):

@@ -1,6 +1,6 @@
 """Optax transformations built on the regularizers: the proximal step and its named variants."""
 
-from proxgen_jax.transforms.masks import kernels_only
+from proxgen_jax._tree import kernels_only
 from proxgen_jax.transforms.prox_transforms import (
     prox_binary,
     prox_l0,
@@ -16,14 +16,7 @@ from proxgen_jax.transforms.prox_group import (
     prox_group_l12,
     prox_group_mcp,
 )
-from proxgen_jax.transforms.prox_metric import (
-    DiagonalMetric,
-    MetricProxResult,
-    ProximalStepMetricState,
-    proximal_step_metric,
-    solve_metric_prox,
-    subproblem_objective,
-)
+from proxgen_jax.transforms.proximal_step_metric import ProximalStepMetricState, proximal_step_metric
 from proxgen_jax.transforms.proximal_step import ProximalStepState, proximal_step
 from proxgen_jax.transforms.target_sparsity import (
     TargetSparsityState,
@@ -43,12 +36,8 @@ __all__ = [
     "output_unit_groups",
     "prox_group_l12",
     "prox_group_mcp",
-    "DiagonalMetric",
-    "MetricProxResult",
     "ProximalStepMetricState",
     "proximal_step_metric",
-    "solve_metric_prox",
-    "subproblem_objective",
     "ProximalStepState",
     "kernels_only",
     "prox_binary",

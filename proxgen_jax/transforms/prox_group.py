@@ -19,7 +19,7 @@ import optax
 from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.regularizers.group_l12 import GroupL12, normalize_axes
 from proxgen_jax.regularizers.group_mcp import GroupMCP
-from proxgen_jax.transforms.masks import MaskOrFn
+from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 GroupAxesOrFn = Union[int, Sequence[int], None, Callable[[Any, Any], Optional[Sequence[int]]]]

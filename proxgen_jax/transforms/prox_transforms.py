@@ -13,7 +13,7 @@ from typing import Sequence
 import optax
 
 from proxgen_jax.regularizers import MCP, SCAD, L0, L1, Quantization, lq
-from proxgen_jax.transforms.masks import MaskOrFn
+from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 

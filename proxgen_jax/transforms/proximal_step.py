@@ -2,58 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import chex
-import jax
 import jax.numpy as jnp
 import optax
 
+from proxgen_jax._tree import MaskOrFn, resolve_mask, value_at
 from proxgen_jax._validation import check_nonnegative, check_positive
-from proxgen_jax.preconditioners.direction import numerator_of, split_updates
-from proxgen_jax.regularizers.base import Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn, check_params_like, resolve_mask
+from proxgen_jax.regularizers.base import RegularizerOrFn, check_regularizer, resolve_regularizers
+from proxgen_jax.transforms.engine import closed_form, prepare_step
 
 
 class ProximalStepState(NamedTuple):
-    """Step counter for schedules of ``α_t`` and ``λ_t`` (absent when both are constants)."""
+    """Step counter for schedules of ``α_t``, ``λ_t`` and the weight decay (absent when all are constants)."""
 
     count: chex.Array
 
 
-def value_at(value: optax.ScalarOrSchedule, count):
-    """A hyperparameter at step ``count``: the schedule's value, or the constant itself."""
-    return value(count) if callable(value) else value
+class StepHyperparams(NamedTuple):
+    """``α_t``, ``λ_t`` and ``wd_t`` at one step, read from floats or schedules."""
+
+    learning_rate: Any
+    lam: Any
+    weight_decay: Any
 
 
-def _compute_dtype(dtype):
-    """Prox arithmetic runs in float32 at least (bf16/f16 params are promoted, then cast back)."""
-    return jnp.promote_types(dtype, jnp.float32)
+def check_step_args(lam, learning_rate, weight_decay) -> None:
+    """The ``ValueError`` checks every prox link shares: ``λ ≥ 0``, ``α > 0``, ``wd ≥ 0``."""
+    check_nonnegative("lam", lam)
+    check_positive("learning_rate", learning_rate)
+    check_nonnegative("weight_decay", weight_decay)
 
 
-RegularizerOrFn = Union[Regularizer, Callable[[Any, Any], Optional[Regularizer]], None]
+def hyperparams_at(count, learning_rate, lam, weight_decay) -> StepHyperparams:
+    """The step's hyperparameters (``weight_decay`` ``None`` when it is the constant 0: decay off)."""
+    off = not callable(weight_decay) and isinstance(weight_decay, (int, float)) and weight_decay == 0
+    return StepHyperparams(value_at(learning_rate, count), value_at(lam, count),
+                           None if off else value_at(weight_decay, count))
 
 
-def check_regularizer(regularizer: RegularizerOrFn) -> None:
-    """``ValueError`` unless ``regularizer`` is a :class:`Regularizer`, a per-leaf callable or ``None``."""
-    if regularizer is not None and not isinstance(regularizer, Regularizer) and not callable(regularizer):
-        raise ValueError(f"`regularizer` must be a proxgen_jax Regularizer, a callable or None, got {regularizer!r}.")
-
-
-def resolve_regularizers(regularizer: RegularizerOrFn, params: Any, mask: MaskOrFn) -> list:
-    """One ``Regularizer | None`` per leaf of ``params``: ``None`` where masked out or not regularised."""
-    flags = resolve_mask(mask, params)
-    paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if regularizer is None or isinstance(regularizer, Regularizer):
-        return [regularizer if on else None for on in flags]
-    out = []
-    for (path, leaf), on in zip(paths_leaves, flags):
-        reg = regularizer(path, leaf) if on else None
-        if reg is not None and not isinstance(reg, Regularizer):
-            raise ValueError(f"`regularizer` returned {reg!r} for {jax.tree_util.keystr(path)}; "
-                             "expected a Regularizer or None.")
-        out.append(reg)
-    return out
+def decay_flags(weight_decay_mask: MaskOrFn, params) -> list[bool]:
+    """Which leaves the decoupled weight decay applies to (``None``: all)."""
+    return resolve_mask(weight_decay_mask, params, what="weight_decay_mask")
 
 
 def proximal_step(
@@ -62,6 +53,8 @@ def proximal_step(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     *,
     mask: MaskOrFn = None,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
     r"""The exact preconditioned proximal step ``θ_{t+1} = prox^{C_t+δI}_{α_t λ R}(θ_t − α_t(C_t+δI)^{-1} m_t)``.
 
@@ -85,67 +78,30 @@ def proximal_step(
       learning_rate: ``α_t > 0``, a float or an optax schedule.
       mask: which leaves to regularise: ``None`` (all), a pytree of bools like the params, or a callable on
         the params returning one (e.g. :func:`~proxgen_jax.kernels_only`).
+      weight_decay: decoupled weight decay ``wd ≥ 0`` (float or schedule; ``0``: off), applied as the reference
+        ProxGen optimizers and AdamW do: ``θ ← θ(1 − α_t·wd)`` first, then the prox from that point.
+      weight_decay_mask: which leaves decay (``None``: all; same forms as ``mask``).
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
     """
-    check_nonnegative("lam", lam)
-    check_positive("learning_rate", learning_rate)
+    check_step_args(lam, learning_rate, weight_decay)
     check_regularizer(regularizer)
-    scheduled = callable(lam) or callable(learning_rate)
+    scheduled = callable(lam) or callable(learning_rate) or callable(weight_decay)
 
     def init_fn(params):
         resolve_regularizers(regularizer, params, mask)  # fail early, naming the path
+        decay_flags(weight_decay_mask, params)
         if scheduled:
             return ProximalStepState(jnp.zeros([], jnp.int32))
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
-        direction, metric = split_updates(updates)
-        check_params_like("proximal_step", params, direction)
-        regs = resolve_regularizers(regularizer, params, mask)
-        count = state.count if scheduled else None
-        alpha = value_at(learning_rate, count)
-        lam_t = value_at(lam, count)
-
-        flat_p, treedef = jax.tree.flatten(params)
-        flat_d, flat_c, flat_n = (flatten_optional(t, treedef) for t in (direction, metric, numerator_of(updates)))
-        out = []
-        for p, d, c, n, reg in zip(flat_p, flat_d, flat_c, flat_n, regs):
-            out.append(leaf_step(reg, p, d, c, alpha, lam_t, numerator=n))
+        hp = hyperparams_at(state.count if scheduled else None, learning_rate, lam, weight_decay)
+        step = prepare_step("proximal_step", updates, params, resolve_regularizers(regularizer, params, mask),
+                            hp.learning_rate, weight_decay=hp.weight_decay,
+                            decay_flags=decay_flags(weight_decay_mask, params))
         new_state = ProximalStepState(optax.safe_increment(state.count)) if scheduled else state
-        return jax.tree.unflatten(treedef, out), new_state
+        return step.updates(step.solve(closed_form, hp.lam)), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def flatten_optional(tree: Any, treedef) -> list:
-    """The leaves of ``tree`` in the order of ``treedef`` (``tree`` may hold arrays or metric objects as leaves),
-    or one ``None`` per leaf when ``tree`` is ``None``."""
-    return [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
-
-
-def leaf_step(regularizer: Regularizer | None, p, d, c, alpha, lam, *, numerator=None) -> jax.Array:
-    """``θ_{t+1} − θ_t = prox^{c}_{αλR}(θ − α d) − θ`` for one leaf, in the dtype of ``θ``.
-
-    ``d`` is the direction, ``c`` the diagonal metric (``None``: Euclidean). Computed in float32 or wider. When
-    the direction is the quotient ``numerator / c`` and the regularizer folds the division
-    (:meth:`~proxgen_jax.regularizers.Regularizer.prox_metric_scaled`), the prox gets ``c·z = c·θ − α·numerator``
-    and ``d`` is not used (under ``jit`` it is then never computed).
-    """
-    p = jnp.asarray(p)
-    dt = _compute_dtype(p.dtype)
-    alpha = jnp.asarray(alpha, dt)
-    d = jnp.asarray(d).astype(dt)
-    if regularizer is None:
-        return (-alpha * d).astype(p.dtype)
-    theta = p.astype(dt)
-    lam = jnp.asarray(lam, dt)
-    if c is None:  # Euclidean: step α_t
-        x = regularizer.prox(theta - alpha * d, alpha, lam)
-    elif numerator is not None and regularizer.folds_metric_division():  # c·z, then one division in the prox
-        c = jnp.asarray(c).astype(dt)
-        x = regularizer.prox_metric_scaled(c * theta - alpha * jnp.asarray(numerator).astype(dt), alpha, c, lam)
-    else:  # the metric C_t + δ: step α_t/(C_t + δ) per coordinate
-        x = regularizer.prox_metric(theta - alpha * d, alpha, jnp.asarray(c).astype(dt), lam)
-    return (x - theta).astype(p.dtype)

@@ -10,17 +10,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+from optax import tree_utils as otu
 
 from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive, concrete_float
-from proxgen_jax.preconditioners.direction import numerator_of, split_updates
-from proxgen_jax.regularizers.base import Regularizer
-from proxgen_jax.transforms.masks import MaskOrFn, check_params_like
-from proxgen_jax.transforms.proximal_step import (
-    RegularizerOrFn,
-    flatten_optional,
-    leaf_step,
-    resolve_regularizers,
-)
+from proxgen_jax._tree import MaskOrFn
+from proxgen_jax.regularizers.base import Regularizer, RegularizerOrFn, resolve_regularizers
+from proxgen_jax.transforms.engine import closed_form, prepare_step
 
 # Density floor inside log(1 − s): keeps the error finite at s = 1 (0.1 % of the weights).
 _DENSITY_FLOOR = 1e-3
@@ -282,8 +277,6 @@ def target_sparsity(
         )
 
     def update_fn(updates, state, params=None):
-        direction, metric = split_updates(updates)
-        check_params_like("target_sparsity", params, direction)
         regs = controlled(params)
         count = state.count
         alpha = learning_rate(count) if callable(learning_rate) else learning_rate
@@ -294,24 +287,20 @@ def target_sparsity(
         k_i = jnp.where(err > 0, gain_i, gain_i * down_factor)
         integral = jnp.clip(state.integral + k_i * err, i_lo, i_hi)
         log_lam = jnp.clip(log_init + integral + gain_p * err, log_lo, log_hi)
-
-        flat_p, treedef = jax.tree.flatten(params)
-        flat_d, flat_c, flat_n = (flatten_optional(t, treedef) for t in (direction, metric, numerator_of(updates)))
+        step = prepare_step("target_sparsity", updates, params, regs, alpha)
 
         def step_at(log_lam):
-            """The updates and the sparsity they produce for ``λ = exp(log_lam)``."""
+            """The solutions and the sparsity they produce for ``λ = exp(log_lam)``."""
             lam = jnp.exp(log_lam)
-            out, new_leaves, k = [], [], 0
-            for p, d, c, n, reg in zip(flat_p, flat_d, flat_c, flat_n, regs):
-                lam_leaf = None
-                if reg is not None:
-                    lam_leaf = lam[k] if per_leaf else lam
-                    k += 1
-                u = leaf_step(reg, p, d, c, alpha, lam_leaf, numerator=n)
-                out.append(u)
-                # What optax.apply_updates will produce, so the measurement counts the real zeros.
-                new_leaves.append(jnp.asarray(p + u).astype(jnp.asarray(p).dtype) if reg is not None else p)
-            return out, measure(new_leaves, regs)
+            xs, k = [], 0
+            for leaf in step.leaves:
+                if leaf.spec is None:
+                    xs.append(None)
+                    continue
+                xs.append(closed_form(leaf, lam[k] if per_leaf else lam))
+                k += 1
+            # What optax.apply_updates will produce, so the measurement counts the real zeros.
+            return xs, measure(step.new_params(xs), regs)
 
         out, s_new = step_at(log_lam)
         final = goal if callable(target) else jnp.asarray(target_fn(jnp.iinfo(jnp.int32).max), jnp.float32)
@@ -370,26 +359,20 @@ def target_sparsity(
             guard_steps=guard_steps,
             peak_excess=peak,
         )
-        return jax.tree.unflatten(treedef, out), new_state
+        return step.updates(out), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _find_state(opt_state: Any) -> TargetSparsityState:
-    found = []
-
-    def visit(node):
-        if isinstance(node, TargetSparsityState):
-            found.append(node)
-            return True
-        return False
-
-    jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
+    if isinstance(opt_state, TargetSparsityState):
+        return opt_state
+    found = otu.tree_get_all_with_path(opt_state, "TargetSparsityState")
     if not found:
         raise ValueError("no TargetSparsityState in this optimizer state (is target_sparsity in the chain?).")
     if len(found) > 1:
         raise ValueError(f"{len(found)} TargetSparsityStates in this optimizer state; pass one of them.")
-    return found[0]
+    return found[0][1]
 
 
 def target_sparsity_info(opt_state: Any) -> dict[str, jax.Array]:

@@ -1,4 +1,9 @@
-"""Choosing which leaves a prox regularises: mask resolution, validation and ready-made masks."""
+"""The ground floor: tree plumbing shared by every transformation.
+
+Which leaves a transformation acts on (masks, ready-made masks, per-leaf choices), checks that trees match
+(naming the path), hyperparameters at a step (``value_at``) and the compute dtype. Nothing here knows about
+regularizers, metrics or optax states.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
+import optax
 
 MaskOrFn = Union[Any, Callable[[Any], Any], None]
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+    """A key path as text (``<root>`` for the empty path)."""
     return jax.tree_util.keystr(path) if path else "<root>"
 
 
@@ -44,11 +51,11 @@ def first_mismatch(reference: Any, other: Any) -> str | None:
     oth_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(other)[0]]
     for rp, op in zip(ref_paths, oth_paths):
         if rp != op:
-            return f"{_path_str(rp)} (got {_path_str(op)})"
+            return f"{path_str(rp)} (got {path_str(op)})"
     if len(ref_paths) != len(oth_paths):
         longer, name = (ref_paths, "missing in the mask") if len(ref_paths) > len(oth_paths) else (
             oth_paths, "not in params")
-        return f"{_path_str(longer[min(len(ref_paths), len(oth_paths))])} ({name})"
+        return f"{path_str(longer[min(len(ref_paths), len(oth_paths))])} ({name})"
     if jax.tree.structure(reference) != jax.tree.structure(other):
         return "<root> (container types differ)"
     return None
@@ -85,5 +92,39 @@ def resolve_mask(mask: MaskOrFn, params: Any, *, what: str = "mask") -> list[boo
         try:
             flat.append(bool(leaf))
         except (TypeError, jax.errors.ConcretizationTypeError) as err:
-            raise ValueError(f"`{what}` leaf at {_path_str(path)} must be a static bool, got {leaf!r}.") from err
+            raise ValueError(f"`{what}` leaf at {path_str(path)} must be a static bool, got {leaf!r}.") from err
     return flat
+
+
+def resolve_per_leaf(choice: Any, params: Any, mask: MaskOrFn, *, kind: type, what: str) -> list:
+    """One ``kind | None`` per leaf of ``params``: ``None`` where masked out.
+
+    ``choice`` is ``None``, one instance of ``kind`` for every leaf, or a callable ``(path, leaf) -> kind | None``
+    (e.g. a regularizer chosen by layer); anything else it returns raises ``ValueError`` naming the path.
+    """
+    flags = resolve_mask(mask, params)
+    if choice is None or isinstance(choice, kind):
+        return [choice if on else None for on in flags]
+    out = []
+    for (path, leaf), on in zip(jax.tree_util.tree_flatten_with_path(params)[0], flags):
+        got = choice(path, leaf) if on else None
+        if got is not None and not isinstance(got, kind):
+            raise ValueError(f"`{what}` returned {got!r} for {path_str(path)}; expected a {kind.__name__} or None.")
+        out.append(got)
+    return out
+
+
+def check_choice(choice: Any, *, kind: type, what: str) -> None:
+    """``ValueError`` unless ``choice`` is an instance of ``kind``, a per-leaf callable or ``None``."""
+    if choice is not None and not isinstance(choice, kind) and not callable(choice):
+        raise ValueError(f"`{what}` must be a proxgen_jax {kind.__name__}, a callable or None, got {choice!r}.")
+
+
+def value_at(value: optax.ScalarOrSchedule, count):
+    """A hyperparameter at step ``count``: the schedule's value, or the constant itself."""
+    return value(count) if callable(value) else value
+
+
+def compute_dtype(dtype):
+    """Step arithmetic runs in float32 at least (bf16/f16 params are promoted, then cast back)."""
+    return jnp.promote_types(dtype, jnp.float32)

@@ -1,0 +1,127 @@
+"""What a ProxGen preconditioner hands to the prox: ``m_t``, the metric ``C_t+δI`` and the direction, together.
+
+The object lives for exactly one hop, from the preconditioner to the prox link that follows it in an
+``optax.chain``. It is a registered pytree node whose flattening *refuses*: every pytree walk over it — a
+transformation placed in between (``optax.scale``, ``clip_by_global_norm``, ``add_decayed_weights`` …), or
+``jax.jit`` returning it — raises :class:`MisplacedPreconditionerOutput` naming the transformation that did it
+and the fix. It holds its arrays as plain attributes, so nothing is ever kept in static (aux) data and no tracer
+can leak. Why this and not a wrapper (like ``optax.contrib.schedule_free(base)``): the card's
+``optax.chain(scale_by_adam_precond(), prox_lq(...))`` keeps working verbatim, and a misuse fails at the first
+place it happens instead of silently computing another method.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from optax import tree_utils as otu
+
+_FIX = (
+    "The output of a ProxGen preconditioner (scale_by_*_precond) carries m_t, the metric C_t+δI and the direction "
+    "(C_t+δI)^{-1} m_t, and must go straight into a proxgen_jax prox transformation: "
+    "optax.chain(scale_by_adam_precond(), prox_l1(...)). A transformation in between would change the direction "
+    "but not the metric and so silently compute a different method. Put clipping and scaling *before* the "
+    "preconditioner, use the prox's `weight_decay=` argument instead of optax.add_decayed_weights, and use "
+    "proximal_step(None, ...) for a plain preconditioned step. Do not return it from jax.jit on its own: jit the "
+    "whole chain's update."
+)
+
+
+class MisplacedPreconditionerOutput(TypeError, AttributeError):
+    """Raised when a preconditioner's output is changed or used by anything but a prox transformation."""
+
+
+def _culprit() -> str:
+    """The transformation (an ``update_fn``) or function that walked the object, read from the call stack."""
+    frame = sys._getframe(2)
+    first_foreign = None
+    while frame is not None:
+        code = frame.f_code
+        name = getattr(code, "co_qualname", code.co_name)
+        path = code.co_filename.replace("\\", "/")
+        ours = "/proxgen_jax/" in path or "/jax/" in path or "/jaxlib/" in path
+        if code.co_name in ("update_fn", "update") and "/proxgen_jax/" not in path:
+            return f"`{name.split('.<locals>')[0]}` ({path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]})"
+        if first_foreign is None and not ours:
+            first_foreign = f"`{name}` ({path.rsplit('/', 1)[-1]}:{frame.f_lineno})"
+        frame = frame.f_back
+    return first_foreign or "a pytree operation"
+
+
+def _refuse_walk(*args, **kwargs):
+    raise MisplacedPreconditionerOutput(
+        f"proxgen_jax: {_culprit()} walked the output of a ProxGen preconditioner as a pytree. " + _FIX)
+
+
+class PreconditionedUpdates:
+    """One step's ``(direction, metric, momentum)`` from a ProxGen preconditioner, for the prox link only.
+
+    Attributes:
+      direction: ``(C_t+δI)^{-1} m_t``, a pytree like the gradients.
+      metric: ``C_t+δI`` per leaf: an array (the diagonal) or a
+        :class:`~proxgen_jax.solvers.metric_operators.MetricOperator` (KFAC, full matrix).
+      momentum: ``m_t`` itself (same structure) when the direction is the quotient ``m_t/(C_t+δ)`` (Adam,
+        RMSprop, AdaGrad), else ``None``. A prox may then form ``(C_t+δ)·z = (C_t+δ)·θ_t − α_t m_t`` without a
+        division.
+
+    Any pytree walk over the object, and any arithmetic on it, raises :class:`MisplacedPreconditionerOutput`.
+    """
+
+    __slots__ = ("direction", "metric", "momentum")
+
+    def __init__(self, direction: Any, metric: Any, momentum: Any = None):
+        self.direction = direction
+        self.metric = metric
+        self.momentum = momentum
+
+    def __repr__(self) -> str:
+        return f"PreconditionedUpdates(direction={self.direction!r}, metric={self.metric!r})"
+
+    def _refuse(self, *args, **kwargs):
+        raise MisplacedPreconditionerOutput(f"proxgen_jax: arithmetic on a preconditioner's output. {_FIX}")
+
+    __jax_array__ = __array__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = _refuse
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __neg__ = __pow__ = __abs__ = _refuse
+
+
+jax.tree_util.register_pytree_node(PreconditionedUpdates, _refuse_walk, _refuse_walk)
+
+
+def sqrt_metric_updates(first_moment: Any, second_moment: Any, eps, eps_root=0.0) -> PreconditionedUpdates:
+    """The diagonal ProxGen output for ``C_t = √(second_moment + eps_root)`` and ``δ = eps``.
+
+    Direction ``m_t/(C_t+δ)`` — computed exactly as optax's Adam/RMSprop/AdaGrad divide — metric ``C_t+δ`` and
+    ``m_t`` itself. Under ``jit`` only what the prox uses is computed.
+    """
+    metric = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, second_moment)
+    return PreconditionedUpdates(jax.tree.map(jnp.divide, first_moment, metric), metric, first_moment)
+
+
+def optional_momentum(updates: Any, mu: Any, decay) -> tuple[Any, Any]:
+    """``(m_t, new_state)`` for an optional first moment: the EMA ``ρ m + (1−ρ) g`` when the state holds one
+    (decided at ``init``, so ``decay`` may be traced), else ``(g_t, ())``."""
+    if isinstance(mu, tuple) and len(mu) == 0:
+        return updates, ()
+    mu = otu.tree_update_moment(updates, mu, decay, 1)
+    return mu, mu
+
+
+class StepInputs(NamedTuple):
+    """A prox link's inputs as trees: ``metric`` and ``momentum`` are ``None`` after a plain optax transform
+    (the Euclidean metric; ``direction`` is then the updates themselves)."""
+
+    direction: Any
+    metric: Any
+    momentum: Any
+
+
+def split_updates(updates: Any) -> StepInputs:
+    """``(direction, metric, momentum)`` from a preconditioner's output; plain updates get the Euclidean metric."""
+    if isinstance(updates, PreconditionedUpdates):
+        return StepInputs(updates.direction, updates.metric, updates.momentum)
+    return StepInputs(updates, None, None)

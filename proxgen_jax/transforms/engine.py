@@ -1,0 +1,144 @@
+r"""The one per-leaf engine behind every prox link: Algorithm 1, line 8, leaf by leaf.
+
+Every prox transformation (:func:`~proxgen_jax.proximal_step`, :func:`~proxgen_jax.proximal_step_metric`,
+:func:`~proxgen_jax.target_sparsity`, the budget projections) does the same walk: read the preconditioner's
+output (``m_t``, ``C_t+δI`` and the direction ``(C_t+δI)^{-1} m_t``), check it against the params, cast to the
+compute dtype, apply the decoupled weight decay, hand each regularised leaf to a *solver*, and return
+``θ_{t+1} − θ_t`` in the params' dtype. That walk is written once, here:
+
+* :func:`prepare_step` turns ``(updates, params)`` into a :class:`StepProblem` — one :class:`LeafProblem` per
+  leaf, with the per-leaf ``spec`` (a regularizer, a budget, ``None``) the transformation resolved.
+* A solver maps a :class:`LeafProblem` (and ``λ``) to ``θ_{t+1}`` for that leaf; :func:`closed_form` is the
+  diagonal-metric closed form. Whole-tree solvers (a global budget, the λ controller) read all of
+  ``StepProblem.leaves`` at once and produce one ``x`` per leaf the same way.
+* :meth:`StepProblem.updates` turns the solutions back into optax updates. Leaves without a spec (masked out,
+  unregularised) take the plain step ``−α_t (C_t+δI)^{-1} m_t`` — bit for bit ``optax.adam``'s.
+
+Decoupled weight decay follows the reference ProxGen optimizers (AdamW order): ``θ ← θ(1 − α_t·wd)`` first,
+then the preconditioned prox from that point.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from proxgen_jax._tree import check_params_like, compute_dtype
+from proxgen_jax.preconditioners.preconditioned_updates import split_updates
+from proxgen_jax.regularizers._metric_forms import metric_step
+from proxgen_jax.solvers.metric_operators import NOT_DIAGONAL, MetricOperator
+
+
+class LeafProblem(NamedTuple):
+    """One leaf's step ``argmin_x ⟨m_t, x⟩ + λR(x) + (1/2α_t)‖x − θ‖²_{C_t+δI}``, in the compute dtype.
+
+    Attributes:
+      theta: ``θ_t`` after the decoupled weight decay (the point the step starts from).
+      direction: ``(C_t+δI)^{-1} m_t``.
+      metric: ``C_t+δI``: ``None`` (Euclidean), an array (its diagonal) or a ``MetricOperator``.
+      momentum: ``m_t`` when ``direction = m_t/metric`` (diagonal preconditioners), else ``None``.
+      alpha: ``α_t`` (a scalar).
+      spec: what the transformation resolved for this leaf (a regularizer, a budget, ...); never ``None`` for a
+        leaf handed to a solver.
+      path: the leaf's key path, for error messages.
+    """
+
+    theta: jax.Array
+    direction: jax.Array
+    metric: Any
+    momentum: Any
+    alpha: jax.Array
+    spec: Any
+    path: tuple
+
+    def centre(self) -> jax.Array:
+        """``z = θ − α_t (C_t+δI)^{-1} m_t``, the point the prox is taken at."""
+        return self.theta - self.alpha * self.direction
+
+
+class StepProblem(NamedTuple):
+    """All leaves of one step (trace-time only: built and consumed inside ``update``)."""
+
+    leaves: tuple  # LeafProblem per leaf (``spec`` None: plain step)
+    params: tuple  # θ_t as given, per leaf
+    decay: tuple   # α_t·wd per leaf (compute dtype) or None
+    treedef: Any
+
+    def solve(self, solver, lam) -> list:
+        """``[solver(leaf, λ) or None]`` — ``None`` for leaves without a spec."""
+        return [None if leaf.spec is None else solver(leaf, lam) for leaf in self.leaves]
+
+    def updates(self, solutions: Sequence[Any]) -> Any:
+        """Optax updates ``θ_{t+1} − θ_t`` in each param's dtype; ``None`` solutions take the plain step."""
+        out = []
+        for leaf, p, decay, x in zip(self.leaves, self.params, self.decay, solutions):
+            if x is not None:
+                out.append((x - p.astype(leaf.theta.dtype)).astype(p.dtype))
+            elif decay is None:
+                out.append((-leaf.alpha * leaf.direction).astype(p.dtype))
+            else:
+                out.append((-decay * p.astype(leaf.theta.dtype) - leaf.alpha * leaf.direction).astype(p.dtype))
+        return jax.tree.unflatten(self.treedef, out)
+
+    def new_params(self, solutions: Sequence[Any]) -> list:
+        """What ``optax.apply_updates`` will produce from :meth:`updates` (per leaf, in the params' dtype)."""
+        ups = self.treedef.flatten_up_to(self.updates(solutions))
+        return [(p + u).astype(p.dtype) for p, u in zip(self.params, ups)]
+
+
+def prepare_step(name: str, updates: Any, params: Any, specs: Sequence[Any], learning_rate, *,
+                 weight_decay=None, decay_flags: Sequence[bool] | None = None) -> StepProblem:
+    """The :class:`StepProblem` of one prox link.
+
+    Args:
+      name: the transformation's name, for error messages.
+      updates: the preconditioner's output (or plain optax updates: the Euclidean metric).
+      params: ``θ_t`` (required; the tree the updates must match, checked naming the path).
+      specs: one spec per leaf of ``params`` (``None``: plain step).
+      learning_rate: ``α_t`` at this step.
+      weight_decay: ``wd`` at this step (``None`` or 0: off).
+      decay_flags: which leaves decay (default: all).
+    """
+    direction, metric, momentum = split_updates(updates)
+    check_params_like(name, params, direction)
+    flat_p, treedef = jax.tree.flatten(params)
+    n = treedef.num_leaves
+    flat_d = treedef.flatten_up_to(direction)
+    flat_c = [None] * n if metric is None else treedef.flatten_up_to(metric)
+    flat_m = [None] * n if momentum is None else treedef.flatten_up_to(momentum)
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    decays = [weight_decay is not None and (decay_flags is None or decay_flags[i]) for i in range(n)]
+    leaves, decay = [], []
+    for p, d, c, m, spec, path, decays_here in zip(flat_p, flat_d, flat_c, flat_m, specs, paths, decays):
+        p = jnp.asarray(p)
+        dt = compute_dtype(p.dtype)
+        alpha = jnp.asarray(learning_rate, dt)
+        theta = p.astype(dt)
+        wd = None
+        if decays_here:
+            wd = alpha * jnp.asarray(weight_decay, dt)
+            theta = theta * (1 - wd)
+        if c is not None and not isinstance(c, MetricOperator):
+            c = jnp.asarray(c).astype(dt)
+        m = None if m is None else jnp.asarray(m).astype(dt)
+        leaves.append(LeafProblem(theta, jnp.asarray(d).astype(dt), c, m, alpha, spec, path))
+        decay.append(wd)
+    return StepProblem(tuple(leaves), tuple(jnp.asarray(p) for p in flat_p), tuple(decay), treedef)
+
+
+def closed_form(leaf: LeafProblem, lam) -> jax.Array:
+    """The regularizer's exact prox in a diagonal (or Euclidean) metric, fused with the step.
+
+    ``prox^{C_t+δ}_{α_t λ R}(θ − α_t d)``: per coordinate with step ``a_i = α_t/(C_{t,i}+δ)``, through the
+    regularizer's private fused form (one division fewer where it has one). A ``MetricOperator`` raises the
+    ``TypeError`` that names :func:`~proxgen_jax.proximal_step_metric`.
+    """
+    reg = leaf.spec
+    lam = jnp.asarray(lam, leaf.theta.dtype)
+    if leaf.metric is None:
+        return reg.prox(leaf.centre(), leaf.alpha, lam)
+    if isinstance(leaf.metric, MetricOperator):
+        raise TypeError(NOT_DIAGONAL.format(name=type(leaf.metric).__name__))
+    return metric_step(reg, leaf.theta, leaf.direction, leaf.momentum, leaf.metric, leaf.alpha, lam)
