@@ -31,7 +31,7 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import proxgen_jax as pg
-from proxgen_jax.preconditioners.kfac import kfac_value_and_grad
+from proxgen_jax.preconditioners.kfac_capture import kfac_value_and_grad
 from proxgen_jax.regularizers import L1
 from proxgen_jax.train.models import MLP
 

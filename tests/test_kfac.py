@@ -13,12 +13,9 @@ from flax import nnx
 import proxgen_jax as pg
 from proxgen_jax.preconditioners.preconditioned_updates import split_updates
 from proxgen_jax.preconditioners.full_matrix import DenseMetric, scale_by_full_matrix_precond
-from proxgen_jax.preconditioners.kfac import (
-    KroneckerFactors,
-    KroneckerMetric,
-    kfac_value_and_grad,
-    scale_by_kfac_precond,
-)
+from proxgen_jax.preconditioners.kfac import KroneckerFactors, scale_by_kfac_precond
+from proxgen_jax.preconditioners.kfac_capture import kfac_value_and_grad
+from proxgen_jax.solvers.metric_operators import KroneckerMetric
 from proxgen_jax.regularizers import L1
 from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 

@@ -34,26 +34,30 @@ class MisplacedPreconditionerOutput(TypeError, AttributeError):
     """Raised when a preconditioner's output is changed or used by anything but a prox transformation."""
 
 
-def _culprit() -> str:
-    """The transformation (an ``update_fn``) or function that walked the object, read from the call stack."""
+def _misuse_message() -> str:
+    """Who walked the object, read from the call stack: the optax transformation (an ``update_fn``) placed
+    between the preconditioner and the prox, else ``jax.jit`` returning it, else the first caller outside jax."""
     frame = sys._getframe(2)
-    first_foreign = None
+    jitted, caller = False, None
     while frame is not None:
         code = frame.f_code
-        name = getattr(code, "co_qualname", code.co_name)
         path = code.co_filename.replace("\\", "/")
-        ours = "/proxgen_jax/" in path or "/jax/" in path or "/jaxlib/" in path
-        if code.co_name in ("update_fn", "update") and "/proxgen_jax/" not in path:
-            return f"`{name.split('.<locals>')[0]}` ({path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]})"
-        if first_foreign is None and not ours:
-            first_foreign = f"`{name}` ({path.rsplit('/', 1)[-1]}:{frame.f_lineno})"
+        inside = "/proxgen_jax/" in path or "/jax/" in path or "/jaxlib/" in path
+        if code.co_name in ("update_fn", "update") and not inside:
+            name = getattr(code, "co_qualname", code.co_name).split(".<locals>")[0]
+            return (f"proxgen_jax: `{name}` ({'/'.join(path.rsplit('/', 2)[-2:])}) is placed between a ProxGen "
+                    "preconditioner and its prox, and walked the preconditioner's output as a pytree. ")
+        jitted = jitted or path.endswith(("/jax/_src/pjit.py", "/jax/_src/api.py"))
+        if caller is None and not inside:
+            caller = f"{path.rsplit('/', 1)[-1]}:{frame.f_lineno}"
         frame = frame.f_back
-    return first_foreign or "a pytree operation"
+    if jitted:
+        return f"proxgen_jax: a ProxGen preconditioner's output was returned from jax.jit (called at {caller}). "
+    return f"proxgen_jax: a ProxGen preconditioner's output was walked as a pytree (at {caller}). "
 
 
 def _refuse_walk(*args, **kwargs):
-    raise MisplacedPreconditionerOutput(
-        f"proxgen_jax: {_culprit()} walked the output of a ProxGen preconditioner as a pytree. " + _FIX)
+    raise MisplacedPreconditionerOutput(_misuse_message() + _FIX)
 
 
 class PreconditionedUpdates:

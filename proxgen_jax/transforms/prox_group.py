@@ -54,6 +54,8 @@ def prox_group_l12(
     group_axes: GroupAxesOrFn = (1,),
     weighting: str = "one",
     mask: MaskOrFn = None,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
     newton_steps: int | None = None,
 ) -> optax.GradientTransformation:
     r"""Group lasso ``λ Σ_g w_g ‖θ_g‖₂`` by the exact preconditioned proximal step.
@@ -100,7 +102,8 @@ def prox_group_l12(
     # Validates weighting / newton_steps / static axes now, at construction.
     GroupL12(None if callable(group_axes) else group_axes, weighting, newton_steps)
     choose = per_leaf_groups("prox_group_l12", group_axes, lambda axes: GroupL12(axes, weighting, newton_steps))
-    return proximal_step(choose, lam, learning_rate, mask=mask)
+    return proximal_step(choose, lam, learning_rate, mask=mask, weight_decay=weight_decay,
+                         weight_decay_mask=weight_decay_mask)
 
 
 def prox_group_mcp(
@@ -111,6 +114,8 @@ def prox_group_mcp(
     group_axes: GroupAxesOrFn = (1,),
     weighting: str = "one",
     mask: MaskOrFn = None,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
     newton_steps: int | None = None,
 ) -> optax.GradientTransformation:
     r"""Group MCP ``Σ_g P_{λw_g,γ}(‖θ_g‖₂)`` by the exact preconditioned proximal step.
@@ -158,7 +163,8 @@ def prox_group_mcp(
     GroupMCP(gamma, None if callable(group_axes) else group_axes, weighting, newton_steps)
     choose = per_leaf_groups("prox_group_mcp", group_axes,
                              lambda axes: GroupMCP(gamma, axes, weighting, newton_steps))
-    return proximal_step(choose, lam, learning_rate, mask=mask)
+    return proximal_step(choose, lam, learning_rate, mask=mask, weight_decay=weight_decay,
+                         weight_decay_mask=weight_decay_mask)
 
 
 def per_leaf_groups(name: str, group_axes: GroupAxesOrFn,
