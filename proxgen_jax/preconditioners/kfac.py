@@ -321,7 +321,7 @@ def scale_by_kfac_precond(
         if fallback is not None and not all(flags):
             masked_params = masked(params, flags) if params is not None else None
             fb_out, fb_state = fallback.update(masked(updates, flags), state.fallback, masked_params)
-            fb_dir, fb_metric = split_updates(fb_out)
+            fb_dir, fb_metric, _ = split_updates(fb_out)
             fb_dirs = treedef.flatten_up_to(fb_dir)
             fb_metrics = [None] * len(flags) if fb_metric is None else treedef.flatten_up_to(fb_metric)
             for i, f in enumerate(flags):
