@@ -5,7 +5,7 @@ Floors, bottom to top: :mod:`proxgen_jax.regularizers` (pure math: value, prox, 
 :mod:`proxgen_jax.aliases` and :mod:`proxgen_jax.metrics` (ready optimizers and measurements).
 """
 
-from proxgen_jax import baselines, regularizers
+from proxgen_jax import baselines, regularizers, solvers
 from proxgen_jax.aliases import (
     proxgen_adagrad,
     proxgen_adam,
@@ -22,6 +22,7 @@ from proxgen_jax.metrics import (
 )
 from proxgen_jax.preconditioners import (
     EmaMomentumState,
+    MisplacedPreconditionerOutput,
     PreconditionedUpdates,
     ScaleByAdagradPrecondState,
     ScaleByAdamPrecondState,
@@ -78,6 +79,7 @@ __all__ = [
     "GroupL12",
     "GroupMCP",
     "Lq",
+    "MisplacedPreconditionerOutput",
     "PreconditionedUpdates",
     "ProximalStepState",
     "Quantization",
@@ -111,6 +113,7 @@ __all__ = [
     "regularization_value",
     "regularized_objective",
     "regularizers",
+    "solvers",
     "revised_proxquant",
     "scale_by_adagrad_precond",
     "scale_by_adam_precond",

@@ -25,6 +25,7 @@ from proxgen_jax.preconditioners.kfac_capture import kfac_value_and_grad
 from proxgen_jax.solvers.metric_operators import DenseMetric, KroneckerMetric, MetricOperator
 from proxgen_jax.preconditioners.momentum import EmaMomentumState, ema_momentum
 from proxgen_jax.preconditioners.preconditioned_updates import (
+    MisplacedPreconditionerOutput,
     PreconditionedUpdates,
     split_updates,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "scale_by_full_matrix_precond",
     "scale_by_kfac_precond",
     "EmaMomentumState",
+    "MisplacedPreconditionerOutput",
     "PreconditionedUpdates",
     "ScaleByAdagradPrecondState",
     "ScaleByAdamPrecondState",

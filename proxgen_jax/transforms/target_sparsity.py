@@ -16,6 +16,7 @@ from proxgen_jax._validation import check_in_range, check_nonnegative, check_pos
 from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.regularizers.base import Regularizer, RegularizerOrFn, resolve_regularizers
 from proxgen_jax.transforms.engine import closed_form, prepare_step
+from proxgen_jax.transforms.proximal_step import decay_flags, hyperparams_at
 
 # Density floor inside log(1 − s): keeps the error finite at s = 1 (0.1 % of the weights).
 _DENSITY_FLOOR = 1e-3
@@ -128,6 +129,8 @@ def target_sparsity(
     margin: float | None = 0.005,
     track: str = "ramp",
     guard_iters: int = 16,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
     r"""The proximal step with ``λ_t`` set by a PI controller so that the weights reach a target sparsity.
 
@@ -199,6 +202,7 @@ def target_sparsity(
         brings the sparsity up).
       guard_iters: bisection steps of the guard (resolution ``log(λ_max/λ_min) / 2**guard_iters`` in
         ``log λ``; each guarded step costs ``guard_iters + 3`` prox evaluations).
+      weight_decay, weight_decay_mask: decoupled weight decay, as in :func:`~proxgen_jax.proximal_step`.
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` requires ``params``; its state is a
@@ -219,6 +223,7 @@ def target_sparsity(
             raise ValueError(f"`ramp_begin` must be a non-negative integer, got {ramp_begin!r}.")
         target_fn = sparsity_ramp(target, ramp_steps, begin=ramp_begin, shape=ramp_shape)
     check_positive("learning_rate", learning_rate)
+    check_nonnegative("weight_decay", weight_decay)
     for name, value in (("lam_init", lam_init), ("lam_min", lam_min), ("lam_max", lam_max)):
         check_positive(name, value)
         if concrete_float(value) is None:
@@ -265,6 +270,7 @@ def target_sparsity(
 
     def init_fn(params):
         regs = controlled(params)
+        decay_flags(weight_decay_mask, params)  # fail early, naming the path
         s0 = measure(jax.tree.leaves(params), regs)
         return TargetSparsityState(
             count=jnp.zeros([], jnp.int32),
@@ -279,7 +285,7 @@ def target_sparsity(
     def update_fn(updates, state, params=None):
         regs = controlled(params)
         count = state.count
-        alpha = learning_rate(count) if callable(learning_rate) else learning_rate
+        hp = hyperparams_at(count, learning_rate, 0.0, weight_decay)
         goal = jnp.asarray(target_fn(count), jnp.float32)
 
         # PI law on log λ, error on the log density.
@@ -287,7 +293,8 @@ def target_sparsity(
         k_i = jnp.where(err > 0, gain_i, gain_i * down_factor)
         integral = jnp.clip(state.integral + k_i * err, i_lo, i_hi)
         log_lam = jnp.clip(log_init + integral + gain_p * err, log_lo, log_hi)
-        step = prepare_step("target_sparsity", updates, params, regs, alpha)
+        step = prepare_step("target_sparsity", updates, params, regs, hp.learning_rate,
+                            weight_decay=hp.weight_decay, decay_flags=decay_flags(weight_decay_mask, params))
 
         def step_at(log_lam):
             """The solutions and the sparsity they produce for ``λ = exp(log_lam)``."""
