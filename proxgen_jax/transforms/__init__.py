@@ -1,6 +1,13 @@
 """Optax transformations built on the regularizers: the proximal step and its named variants."""
 
 from proxgen_jax._tree import kernels_only
+from proxgen_jax.transforms.budgets import BudgetState, prox_nm, prox_sparsity
+from proxgen_jax.transforms.sparsity_recipes import (
+    attention_head_groups,
+    erk_sparsities,
+    sparsity_schedule,
+    uniform_sparsities,
+)
 from proxgen_jax.transforms.prox_transforms import (
     prox_binary,
     prox_l0,
@@ -27,6 +34,13 @@ from proxgen_jax.transforms.target_sparsity import (
 )
 
 __all__ = [
+    "BudgetState",
+    "attention_head_groups",
+    "erk_sparsities",
+    "prox_nm",
+    "prox_sparsity",
+    "sparsity_schedule",
+    "uniform_sparsities",
     "TargetSparsityState",
     "sparsity_of",
     "sparsity_ramp",

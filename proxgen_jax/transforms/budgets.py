@@ -1,0 +1,266 @@
+r"""Budgets as prox links: exact sparsity targets and N:M patterns, projected in the preconditioner's metric.
+
+``optax.chain(scale_by_adam_precond(), prox_sparsity(0.9))`` keeps, at every step, exactly the 10 % of units
+whose removal would cost the most in the step's own objective ``Σ_i (C_t+δ)_i (x_i − z_i)²/2α_t + λR(x)``
+(:mod:`proxgen_jax.solvers.budgets`): the exact projection in the metric, not a magnitude heuristic. After a
+plain ``optax.scale_by_adam()`` the metric is Euclidean and the same links are magnitude pruning — the rule of
+torchao's PAT and jaxpruner, as a baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from proxgen_jax._tree import MaskOrFn, path_str, resolve_mask, value_at
+from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive
+from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
+from proxgen_jax.regularizers.group_l12 import normalize_axes
+from proxgen_jax.solvers.budgets import budget_count, group_scores, nm_mask, top_k_mask, unit_gains
+from proxgen_jax.transforms.engine import LeafProblem, prepare_step
+from proxgen_jax.transforms.proximal_step import decay_flags, hyperparams_at
+
+_SCOPES = ("leaf", "global")
+
+
+class BudgetState(NamedTuple):
+    """The step count (for the sparsity schedule, ``λ`` and ``α_t`` schedules and the support freeze)."""
+
+    count: chex.Array
+
+
+class _LeafBudget(NamedTuple):
+    """What one leaf needs: its group axes (``()``: coordinates) and its own sparsity (``None``: global)."""
+
+    group_axes: tuple
+    sparsity: Any
+
+
+def _check_regularizer(regularizer) -> None:
+    if regularizer is not None and not isinstance(regularizer, ElementwiseRegularizer):
+        raise ValueError("`regularizer` must be a separable (elementwise) proxgen_jax regularizer or None, got "
+                         f"{regularizer!r}: with a budget the exact step needs the per-coordinate prox.")
+
+
+def _free_values(leaf: LeafProblem, regularizer, lam):
+    """``(x, Δ)`` of every coordinate of one leaf (prox value if free, gain of keeping it free)."""
+    z = leaf.centre()
+    return unit_gains(regularizer, z, leaf.metric, leaf.alpha, jnp.asarray(lam, z.dtype))
+
+
+def prox_sparsity(
+    sparsity: float | Callable | Any,
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    *,
+    group_axes: Any = None,
+    scope: str | Any = "leaf",
+    regularizer: Regularizer | None = None,
+    lam: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    freeze_after: int | None = None,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""The ProxGen step projected exactly onto "at most ``k`` free units" in the metric ``C_t+δI``.
+
+    .. math:: θ_{t+1} = \operatorname{argmin}_{x:\,‖x‖_{0,\text{units}} ≤ k}\;
+              \sum_i \frac{(C_t+δ)_i}{2α_t}(x_i - z_i)^2 + λ\sum_i r(x_i),\qquad
+              z = θ_t - α_t (C_t+δI)^{-1} m_t,\quad k = ⌊(1 − s)\,n⌋,
+
+    solved exactly by keeping the ``k`` units with the largest gain (:mod:`proxgen_jax.solvers.budgets`); the
+    free units take the ordinary prox of ``λr`` (which may be 0). Exactly ``k`` units are free, ties to the lower
+    flat index.
+
+    Example:
+      >>> import optax, proxgen_jax as pg
+      >>> tx = optax.chain(pg.scale_by_adam_precond(),
+      ...                  pg.prox_sparsity(pg.sparsity_schedule(0.9, begin_step=0, end_step=1000), 1e-3,
+      ...                                   mask=pg.kernels_only))
+
+    Args:
+      sparsity: ``s ∈ [0, 1]``: a float, an optax schedule of the step, or (with ``scope`` a tree) ignored.
+      learning_rate: ``α_t > 0``, float or schedule.
+      group_axes: ``None`` (units are coordinates), the axes spanning one group (as in
+        :func:`~proxgen_jax.prox_group_l12`), or a per-leaf callable ``(path, leaf) -> axes | None``.
+      scope: ``"leaf"`` (every leaf its own budget), ``"global"`` (one budget over all masked leaves' units:
+        exact, the gains being in the same units), or a pytree / callable ``(path, leaf) -> s`` of per-leaf
+        sparsities.
+      regularizer: an optional separable penalty ``r`` (ℓ1, ℓq, MCP, SCAD, quantisation...) added to the budget.
+      lam: ``λ ≥ 0`` of ``regularizer``.
+      mask: which leaves get a budget (``None``: all); the others take the plain step.
+      freeze_after: from this step on the zero pattern is frozen (zeros stay zero, the rest trains freely and
+        the budget is no longer re-selected) — PAT's healing phase. ``None``: never.
+      weight_decay, weight_decay_mask: decoupled weight decay, as in :func:`~proxgen_jax.proximal_step`.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
+
+    References:
+      Yun, Lozano & Yang, NeurIPS 2021 (the step); Zhu & Gupta 2017 (the ramp, :func:`sparsity_schedule`).
+    """
+    if not callable(sparsity):
+        check_in_range("sparsity", sparsity, 0.0, 1.0)
+    check_positive("learning_rate", learning_rate)
+    check_nonnegative("lam", lam)
+    check_nonnegative("weight_decay", weight_decay)
+    _check_regularizer(regularizer)
+    if isinstance(scope, str) and scope not in _SCOPES:
+        raise ValueError(f"`scope` must be 'leaf', 'global', a pytree or a callable, got {scope!r}.")
+    if freeze_after is not None and (not isinstance(freeze_after, int) or freeze_after < 0):
+        raise ValueError(f"`freeze_after` must be a non-negative int or None, got {freeze_after!r}.")
+
+    def budgets(params) -> list:
+        flags = resolve_mask(mask, params)
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        if isinstance(scope, str):
+            per_leaf = [None] * len(flat)
+        elif callable(scope):
+            per_leaf = [scope(path, leaf) for path, leaf in flat]
+        else:
+            per_leaf = jax.tree.structure(params).flatten_up_to(scope)
+        out = []
+        for (path, leaf), on, s in zip(flat, flags, per_leaf):
+            axes = group_axes(path, leaf) if callable(group_axes) else group_axes
+            if not on or (callable(group_axes) and axes is None) or (not isinstance(scope, str) and s is None):
+                out.append(None)
+                continue
+            try:
+                norm = () if axes is None else normalize_axes(axes, jnp.ndim(leaf))
+            except ValueError as err:
+                raise ValueError(f"`group_axes` do not fit the leaf at {path_str(path)}: {err}") from err
+            if s is not None:
+                check_in_range(f"sparsity of {path_str(path)}", s, 0.0, 1.0)
+            out.append(_LeafBudget(norm, s))
+        return out
+
+    def init_fn(params):
+        budgets(params)
+        decay_flags(weight_decay_mask, params)
+        return BudgetState(jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        hp = hyperparams_at(state.count, learning_rate, lam, weight_decay)
+        step = prepare_step("prox_sparsity", updates, params, budgets(params) if params is not None else [],
+                            hp.learning_rate, weight_decay=hp.weight_decay,
+                            decay_flags=decay_flags(weight_decay_mask, params))
+        s_t = value_at(sparsity, state.count)
+        solved = [None if leaf.spec is None else _free_values(leaf, regularizer, hp.lam) for leaf in step.leaves]
+        scores = [None if v is None else group_scores(v.gain, leaf.spec.group_axes)
+                  for leaf, v in zip(step.leaves, solved)]
+        if scope == "global":
+            flat = [s.reshape(-1) for s in scores if s is not None]
+            n = sum(f.size for f in flat)
+            keep_all = top_k_mask(jnp.concatenate(flat).astype(jnp.result_type(*flat)), budget_count(s_t, n))
+            keeps, offset = [], 0
+            for s in scores:
+                if s is None:
+                    keeps.append(None)
+                    continue
+                keeps.append(keep_all[offset:offset + s.size].reshape(s.shape))
+                offset += s.size
+        else:
+            keeps = [None if s is None else top_k_mask(
+                s, budget_count(s_t if leaf.spec.sparsity is None else leaf.spec.sparsity, s.size))
+                for leaf, s in zip(step.leaves, scores)]
+        xs = []
+        for leaf, v, keep in zip(step.leaves, solved, keeps):
+            if v is None:
+                xs.append(None)
+                continue
+            free = jnp.broadcast_to(keep, v.x.shape)
+            if freeze_after is not None:
+                free = jnp.where(state.count >= freeze_after, leaf.theta != 0, free)
+            xs.append(jnp.where(free, v.x, jnp.zeros_like(v.x)))
+        return step.updates(xs), BudgetState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def default_nm_axis(leaf) -> int | None:
+    """The reduction (input) axis of a kernel: 0 of a Dense ``(in, out)``, −2 of a conv ``(…, in, out)``."""
+    nd = jnp.ndim(leaf)
+    return None if nd < 2 else (0 if nd == 2 else nd - 2)
+
+
+def prox_nm(
+    n: int = 2,
+    m: int = 4,
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    *,
+    axis: int | None = None,
+    regularizer: Regularizer | None = None,
+    lam: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""The ProxGen step projected exactly onto N:M sparsity in the metric ``C_t+δI``.
+
+    At most ``n`` nonzeros in every block of ``m`` consecutive entries along ``axis`` (the pattern sparse tensor
+    cores run: 2:4 along the reduction axis). The constraint separates by block, so keeping in each block the
+    ``n`` entries of largest gain ``Δ_i`` (:mod:`proxgen_jax.solvers.budgets`) is the exact step; with a separable
+    ``regularizer`` the free entries take its prox.
+
+    Example:
+      >>> import optax, proxgen_jax as pg
+      >>> tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_nm(2, 4, 1e-3, mask=pg.kernels_only))
+
+    Args:
+      n, m: at most ``n`` of every ``m`` (``1 ≤ n ≤ m``).
+      learning_rate: ``α_t > 0``, float or schedule.
+      axis: the blocking axis; ``None``: the kernel's reduction axis (0 for ``(in, out)``, −2 for conv
+        ``(…, in, out)``). Its length must be divisible by ``m`` (``ValueError`` naming the leaf at ``init``).
+      regularizer, lam: an optional separable penalty and its ``λ``.
+      mask: which leaves; ``None``: every leaf with ``ndim ≥ 2`` (biases and scales take the plain step).
+      weight_decay, weight_decay_mask: decoupled weight decay, as in :func:`~proxgen_jax.proximal_step`.
+    """
+    for name, v in (("n", n), ("m", m)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
+    if n > m:
+        raise ValueError(f"`n` must be at most `m`, got n={n}, m={m}.")
+    check_positive("learning_rate", learning_rate)
+    check_nonnegative("lam", lam)
+    check_nonnegative("weight_decay", weight_decay)
+    _check_regularizer(regularizer)
+
+    def axes(params) -> list:
+        flags = resolve_mask(mask, params) if mask is not None else [jnp.ndim(x) >= 2 for x in jax.tree.leaves(params)]
+        out = []
+        for (path, leaf), on in zip(jax.tree_util.tree_flatten_with_path(params)[0], flags):
+            ax = (default_nm_axis(leaf) if axis is None else axis) if on else None
+            if ax is None:
+                out.append(None)
+                continue
+            nd = jnp.ndim(leaf)
+            if not -nd <= ax < nd:
+                raise ValueError(f"`axis`={ax} does not fit the leaf at {path_str(path)} of shape {jnp.shape(leaf)}.")
+            ax %= nd
+            if jnp.shape(leaf)[ax] % m:
+                raise ValueError(f"prox_nm: the leaf at {path_str(path)} has length {jnp.shape(leaf)[ax]} along axis "
+                                 f"{ax}, not divisible by m={m}.")
+            out.append(ax)
+        return out
+
+    def init_fn(params):
+        axes(params)
+        decay_flags(weight_decay_mask, params)
+        return BudgetState(jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        hp = hyperparams_at(state.count, learning_rate, lam, weight_decay)
+        step = prepare_step("prox_nm", updates, params, axes(params) if params is not None else [],
+                            hp.learning_rate, weight_decay=hp.weight_decay,
+                            decay_flags=decay_flags(weight_decay_mask, params))
+
+        def solve(leaf, lam_t):
+            v = _free_values(leaf, regularizer, lam_t)
+            return jnp.where(nm_mask(v.gain, n, m, leaf.spec), v.x, jnp.zeros_like(v.x))
+
+        return step.updates(step.solve(solve, hp.lam)), BudgetState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
