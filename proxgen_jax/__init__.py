@@ -49,6 +49,8 @@ from proxgen_jax.regularizers import (
     Regularizer,
 )
 from proxgen_jax.transforms import (
+    learned_scales,
+    uniform_levels,
     attention_head_groups,
     erk_sparsities,
     prox_nm,
@@ -109,6 +111,8 @@ __all__ = [
     "prox_quantize",
     "prox_scad",
     "proximal_step",
+    "learned_scales",
+    "uniform_levels",
     "attention_head_groups",
     "erk_sparsities",
     "prox_nm",

@@ -14,6 +14,7 @@ from proxgen_jax.preconditioners import (
 from proxgen_jax.regularizers import Quantization, Regularizer
 from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
+from proxgen_jax.transforms.prox_quantize import prox_quantize
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 
@@ -103,6 +104,7 @@ def revised_proxquant(
     eps: float = 1e-8,
     *,
     levels=(-1.0, 1.0),
+    scale: str | None = None,
     mask: MaskOrFn = None,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     weight_decay_mask: MaskOrFn = None,
@@ -110,7 +112,13 @@ def revised_proxquant(
     """Revised ProxQuant (Table 2, bottom): Adam with the W-shaped prox taken in the metric ``C_t+δI``.
 
     ``λ·dist(θ, levels)^q`` with ``q ∈ [0, 1]`` (the paper uses ℓ1, ℓ⅔, ℓ½ and binary levels). ``lam`` may
-    be a schedule (ProxQuant ramps it linearly). Finish training with :func:`~proxgen_jax.quantize`.
+    be a schedule (ProxQuant ramps it linearly). ``scale="tensor"``/``"channel"`` learns the levels' scale in the
+    metric (:func:`~proxgen_jax.prox_quantize`). Finish training with :func:`~proxgen_jax.quantize` (pass
+    ``scales=pg.learned_scales(opt_state)`` with learned scales).
     """
-    return proxgen_adam(learning_rate, Quantization(tuple(levels), q), lam, b1, b2, eps, mask=mask,
-                        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask)
+    if scale is None:
+        return proxgen_adam(learning_rate, Quantization(tuple(levels), q), lam, b1, b2, eps, mask=mask,
+                            weight_decay=weight_decay, weight_decay_mask=weight_decay_mask)
+    return optax.chain(scale_by_adam_precond(b1, b2, eps),
+                       prox_quantize(levels, q, lam, learning_rate, scale=scale, mask=mask, weight_decay=weight_decay,
+                                     weight_decay_mask=weight_decay_mask))

@@ -45,10 +45,22 @@ def regularized_objective(loss_fn: Callable[..., jax.Array], params: Any, regula
     return loss_fn(params, *args, **kwargs) + regularization_value(params, regularizer, lam, mask)
 
 
-def quantize(params: Any, levels=(-1.0, 1.0), mask: MaskOrFn = None) -> Any:
-    """Hard quantisation at the end of training: each selected entry snaps to its nearest level (ties up)."""
+def quantize(params: Any, levels=(-1.0, 1.0), mask: MaskOrFn = None, *, scales=None) -> Any:
+    """Hard quantisation at the end of training: each selected entry snaps to its nearest level (ties up).
+
+    With ``scales`` (one per leaf, e.g. ``pg.learned_scales(opt_state)`` after ``prox_quantize(scale=...)``;
+    ``None`` entries are left as they are) the levels are ``s·levels``: ``x ↦ s·ℓ(x/s)``.
+    """
     q = Quantization(tuple(levels))
     flags = resolve_mask(mask, params)
     leaves, treedef = jax.tree.flatten(params)
-    out = [q.nearest_level(x).astype(jnp.asarray(x).dtype) if on else x for x, on in zip(leaves, flags)]
+    learned = scales is not None
+    out = []
+    for x, on, s in zip(leaves, flags, scales if learned else [None] * len(leaves)):
+        if not on or (learned and s is None):
+            out.append(x)
+            continue
+        x = jnp.asarray(x)
+        snapped = q.nearest_level(x) if s is None else s * q.nearest_level(x / jnp.where(s > 0, s, 1))
+        out.append(snapped.astype(x.dtype))
     return jax.tree.unflatten(treedef, out)

@@ -8,13 +8,13 @@ from proxgen_jax.transforms.sparsity_recipes import (
     sparsity_schedule,
     uniform_sparsities,
 )
+from proxgen_jax.transforms.prox_quantize import LearnedScaleState, learned_scales, prox_quantize, uniform_levels
 from proxgen_jax.transforms.prox_transforms import (
     prox_binary,
     prox_l0,
     prox_l1,
     prox_lq,
     prox_mcp,
-    prox_quantize,
     prox_scad,
 )
 from proxgen_jax.transforms.prox_group import (
@@ -34,6 +34,9 @@ from proxgen_jax.transforms.target_sparsity import (
 )
 
 __all__ = [
+    "LearnedScaleState",
+    "learned_scales",
+    "uniform_levels",
     "BudgetState",
     "attention_head_groups",
     "erk_sparsities",

@@ -10,8 +10,6 @@ the prox, in the order of the reference ProxGen optimizers.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import optax
 
 from proxgen_jax.regularizers import MCP, SCAD, L0, L1, Quantization, lq
@@ -64,13 +62,4 @@ def prox_binary(q: float = 1.0, lam: optax.ScalarOrSchedule = 1e-4, learning_rat
             weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
     """The W-shaped ``λ·dist(θ, {−1, +1})^q`` — revised ProxQuant after a ProxGen preconditioner (Table 2)."""
     return proximal_step(Quantization((-1.0, 1.0), q), lam, learning_rate, mask=mask, weight_decay=weight_decay,
-                         weight_decay_mask=weight_decay_mask)
-
-
-def prox_quantize(levels: Sequence[float], q: float = 1.0, lam: optax.ScalarOrSchedule = 1e-4,
-                  learning_rate: optax.ScalarOrSchedule = 1e-3, *,
-                  mask: MaskOrFn = None, weight_decay: optax.ScalarOrSchedule = 0.0,
-            weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
-    """``λ·dist(θ, L)^q`` for any finite level set ``L`` (ternary ``(-1, 0, 1)``, multi-bit grids, ...)."""
-    return proximal_step(Quantization(tuple(levels), q), lam, learning_rate, mask=mask, weight_decay=weight_decay,
                          weight_decay_mask=weight_decay_mask)
