@@ -38,7 +38,8 @@ PANELS_QUICK = [("lhalf", 1e-3, ["proxgen_adam", "subgradient_adam"])]
 
 def plot_objectives(runs, path):
     plt = _plt()
-    regs = [r for r in dict.fromkeys(run["config"]["regularizer"] for run in runs if run["config"]["optimizer"] != "adam")]
+    regs = [r for r in dict.fromkeys(run["config"]["regularizer"] for run in runs
+                                     if run["config"]["optimizer"] != "adam")]
     fig, axes = plt.subplots(1, len(regs), figsize=(3.6 * len(regs), 3.2), squeeze=False)
     for ax, reg in zip(axes[0], regs):
         sub = [r for r in runs if r["config"]["regularizer"] == reg and r["config"]["optimizer"] != "adam"]

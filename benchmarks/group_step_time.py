@@ -18,8 +18,8 @@ import numpy as np
 import optax
 from step_overhead import make_params, make_step, resnet34_shapes, time_step
 
-from proxgen_jax.preconditioners import scale_by_adam_precond
 from proxgen_jax._tree import kernels_only
+from proxgen_jax.preconditioners import scale_by_adam_precond
 from proxgen_jax.transforms.prox_group import output_unit_groups, prox_group_l12
 from proxgen_jax.transforms.prox_transforms import prox_l1
 

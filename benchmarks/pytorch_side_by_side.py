@@ -133,7 +133,8 @@ def main(argv=None):
     res = {"n_params": n_params, "steps": steps, "torch_version": torch.__version__, "jax_version": jax.__version__,
            "torch_threads": 1, "torch_step_ms_median": 1e3 * float(np.median(t_times)),
            "jax_step_ms_median": 1e3 * float(np.median(j_times)), "jax_compile_s": compile_s,
-           "max_abs_param_diff_common_support": diff, "support_mismatch": support_mismatch, "sparsity_torch": zeros_t, "sparsity_jax": zeros_j}
+           "max_abs_param_diff_common_support": diff, "support_mismatch": support_mismatch, "sparsity_torch": zeros_t,
+           "sparsity_jax": zeros_j}
     with open(out_json, "w") as f:
         json.dump(res, f, indent=1)
     print(f"proximal Adam + ℓ½ on {n_params:,} params ({len(SHAPES)} tensors), {steps} steps, CPU")

@@ -3,9 +3,10 @@
 ``step_overhead.py`` times the real ResNet-34-shaped tree, where memory traffic and a shared machine move the ratios
 by ±0.05 between runs. This script isolates what a prox adds to Adam's loop: one ``(n/512, 512)`` leaf small enough
 for the L2 cache, the process pinned to one core (Linux), ``calls`` jitted steps per timing (best of ``repeats``),
-and the per-call overhead removed by differencing two leaf sizes. Host noise still reaches one pinned core: runs of the same code moved a row's excess by
-up to ±0.15 ns per parameter, so compare changes by alternating runs. On the 2-core machine of this project a row's
-excess over ``optax.adam`` here (ns per parameter) and its ``step_overhead.py`` ratio went together: ratio − 1 was
+and the per-call overhead removed by differencing two leaf sizes. Host noise still reaches one pinned core: runs of
+the same code moved a row's excess by up to ±0.15 ns per parameter, so compare changes by alternating runs. On the
+2-core machine of this project a row's excess over ``optax.adam`` here (ns per parameter) and its
+``step_overhead.py`` ratio went together: ratio − 1 was
 about a third of the excess.
 
 Usage:

@@ -7,13 +7,14 @@ regularizers, metrics or optax states.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-MaskOrFn = Union[Any, Callable[[Any], Any], None]
+MaskOrFn = Any | Callable[[Any], Any] | None
 
 
 def path_str(path) -> str:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import optax
 
+from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.preconditioners import (
     scale_by_adagrad_precond,
-    scale_by_kfac_precond,
     scale_by_adam_precond,
+    scale_by_kfac_precond,
     scale_by_rmsprop_precond,
     scale_by_sgd_precond,
 )
 from proxgen_jax.regularizers import Quantization, Regularizer
-from proxgen_jax._tree import MaskOrFn
-from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 from proxgen_jax.transforms.prox_quantize import prox_quantize
 from proxgen_jax.transforms.proximal_step import proximal_step
+from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 
 
 def proxgen_adam(
@@ -76,7 +76,8 @@ def proxgen_sgd(learning_rate: optax.ScalarOrSchedule = 1e-2, regularizer: Regul
                 mask: MaskOrFn = None, weight_decay: optax.ScalarOrSchedule = 0.0,
                 weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
     """Proximal SGD with the paper's EMA momentum (``C_t = 0``, ``δ = 1``)."""
-    return optax.chain(scale_by_sgd_precond(momentum), proximal_step(regularizer, lam, learning_rate, mask=mask, weight_decay=weight_decay,
+    return optax.chain(scale_by_sgd_precond(momentum),
+                       proximal_step(regularizer, lam, learning_rate, mask=mask, weight_decay=weight_decay,
                                      weight_decay_mask=weight_decay_mask))
 
 

@@ -95,3 +95,100 @@ def relative_gap(kind, x, z, a, lam, f_ref, **kw):
     """``(F(x) − F_ref) / max(|F_ref|, tiny)``, all in float64."""
     f = objective(kind, np.asarray(x, np.float64), z, a, lam, **kw)
     return (f - f_ref) / np.maximum(np.abs(f_ref), 1e-300)
+
+
+def scale_fit_enumerated(z, c, levels):
+    """``min_{s ≥ 0, ℓ ∈ L^n} Σ c (z − s ℓ)²`` by enumerating every assignment ``ℓ`` (float64; ``|L|^n`` rows).
+
+    Returns ``(s*, cost*)``. For each assignment the best ``s`` is ``max(0, Σ c z ℓ / Σ c ℓ²)``.
+    """
+    import itertools
+
+    z, c = np.asarray(z, np.float64).ravel(), np.asarray(c, np.float64).ravel()
+    lev = np.asarray(list(itertools.product(np.asarray(levels, np.float64), repeat=z.size)))
+    num, den = lev @ (c * z), (lev * lev) @ c
+    s = np.where(den > 0, np.maximum(num / np.where(den > 0, den, 1), 0), 0)
+    cost = np.sum(c * (z - s[:, None] * lev) ** 2, axis=1)
+    i = int(np.argmin(cost))
+    return s[i], cost[i]
+
+
+def scale_fit_breakpoints(z, c, levels):
+    """The exact global ``min_{s > 0} Σ c (z − s·ℓ(z/s))²`` for any grid (float64): between the breakpoints
+    ``s = |2 z_i / (ℓ_k + ℓ_{k+1})|`` the nearest-level assignment is constant and the cost a quadratic in ``s``,
+    minimised at its clipped vertex. Returns ``(s*, cost*)``."""
+    z, c = np.asarray(z, np.float64).ravel(), np.asarray(c, np.float64).ravel()
+    lev = np.sort(np.asarray(levels, np.float64))
+    import itertools
+
+    mids = (lev[:-1] + lev[1:]) / 2
+    bps = (z[:, None] / np.where(mids != 0, mids, np.inf)[None, :]).ravel()
+    bps = np.unique(np.concatenate([[0.0], bps[np.isfinite(bps) & (bps > 0)], [np.inf]]))
+
+    def cost(s):
+        near = lev[np.argmin(np.abs(z[:, None] / s - lev[None, :]), axis=1)]
+        return np.sum(c * (z - s * near) ** 2), near
+
+    best = (np.inf, None)
+    for lo, hi in itertools.pairwise(bps):
+        mid = lo + (hi - lo) / 2 if np.isfinite(hi) else 2 * lo + 1
+        _, near = cost(mid)
+        den = np.sum(c * near * near)
+        s = np.sum(c * z * near) / den if den > 0 else mid
+        s = min(max(s, lo), hi) if np.isfinite(hi) else max(s, lo)
+        for cand in (s, mid):
+            if cand > 0:
+                f, _ = cost(cand)
+                if f < best[0]:
+                    best = (f, cand)
+    return best[1], best[0]
+
+
+def numpy_algorithm1(theta0, grads, kind, kw, *, lr, lam, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+    """Algorithm 1 with Adam's C_t = √v̂_t (bias-corrected), δ = eps, in float64 NumPy; returns the trajectory.
+
+    Line 8 (the preconditioned prox) is solved coordinate by coordinate by :func:`brute_force_prox`. With
+    ``weight_decay`` the order of the reference ProxGen optimizers (AdamW-style, decoupled): first
+    ``θ ← θ(1 − lr·wd)``, then the Adam direction and the prox from that point.
+    """
+    theta = np.asarray(theta0, np.float64).copy()
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    traj = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        metric = np.sqrt(v / (1 - b2**t)) + eps
+        theta = theta * (1 - lr * weight_decay)
+        z = theta - lr * (m / (1 - b1**t)) / metric
+        theta, _ = brute_force_prox(kind, z, lr / metric, lam, grid=4001, **kw)
+        traj.append(theta.copy())
+    return np.stack(traj)
+
+
+def group_prox_bisection(z, a, mu):
+    """Group ℓ1,2 prox in a diagonal metric; rows of ``z`` are groups: ``argmin_x μ‖x‖₂ + Σ_i (x_i − z_i)²/(2a_i)``.
+
+    Zero iff ‖z/a‖ ≤ μ; else x = z ρ/(ρ + μa), ρ by bisection on Σ z²/(ρ+μa)² = 1 (1100 halvings at most).
+    """
+    z, a = np.asarray(z, np.float64), np.asarray(a, np.float64)
+    mu = np.broadcast_to(np.asarray(mu, np.float64), (z.shape[0],))
+    b = mu[:, None] * a
+    lo, hi = np.zeros(len(z)), np.linalg.norm(z, axis=1)
+    for _ in range(1100):  # bisection on Σ z²/(ρ+b)² = 1 until the bracket stops shrinking
+        mid = 0.5 * (lo + hi)
+        if np.all((mid == lo) | (mid == hi)):
+            break
+        with np.errstate(divide="ignore", invalid="ignore"):
+            big = np.sum((z / (mid[:, None] + b)) ** 2, axis=1) > 1
+        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+    rho = 0.5 * (lo + hi)
+    zero = np.linalg.norm(z / a, axis=1) <= mu
+    x = z * (rho[:, None] / (rho[:, None] + b))
+    return np.where(zero[:, None], 0.0, x)
+
+
+def group_objective(x, z, a, mu):
+    """Per group (row): ``μ‖x‖₂ + Σ_i (x_i − z_i)²/(2a_i)`` in float64."""
+    x, z, a = (np.asarray(v, np.float64) for v in (x, z, a))
+    return np.asarray(mu, np.float64) * np.linalg.norm(x, axis=1) + 0.5 * np.sum((x - z) ** 2 / a, axis=1)

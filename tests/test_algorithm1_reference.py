@@ -13,7 +13,8 @@ import optax
 import pytest
 
 import proxgen_jax as pg
-from oracles import brute_force_prox
+
+from oracles import numpy_algorithm1
 
 CASES = [
     ("l0", pg.L0(), "l0", {}),
@@ -26,27 +27,6 @@ CASES = [
     ("binary-q1", pg.regularizers.binary(1.0), "quant", dict(q=1.0)),
     ("binary-q1/2", pg.regularizers.binary(0.5), "quant", dict(q=0.5)),
 ]
-
-
-def numpy_algorithm1(theta0, grads, kind, kw, *, lr, lam, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
-    """Algorithm 1 with Adam's C_t = √v̂_t (bias-corrected), δ = eps, in float64 NumPy.
-
-    With ``weight_decay`` the order of the reference ProxGen optimizers (AdamW-style, decoupled): first
-    ``θ ← θ(1 − lr·wd)``, then the Adam direction and the prox from that point.
-    """
-    theta = theta0.astype(np.float64).copy()
-    m = np.zeros_like(theta)
-    v = np.zeros_like(theta)
-    traj = []
-    for t, g in enumerate(grads, start=1):
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        metric = np.sqrt(v / (1 - b2**t)) + eps
-        theta = theta * (1 - lr * weight_decay)
-        z = theta - lr * (m / (1 - b1**t)) / metric
-        theta, _ = brute_force_prox(kind, z, lr / metric, lam, grid=4001, **kw)
-        traj.append(theta.copy())
-    return np.stack(traj)
 
 
 def _run(reg, kind, kw, *, steps, weight_decay=0.0, alias=False):
@@ -66,7 +46,7 @@ def _run(reg, kind, kw, *, steps, weight_decay=0.0, alias=False):
         state = tx.init(params)
         step = jax.jit(lambda p, s, g: tx.update(g, s, p))
         ours = []
-        for t in range(steps):
+        for _ in range(steps):
             g = (np.asarray(params) - target) + 0.3 * rng.normal(size=d)
             grads.append(g)
             updates, state = step(params, state, jnp.asarray(g))

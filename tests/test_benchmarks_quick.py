@@ -22,12 +22,22 @@ BENCHMARKS = [  # (script, JSON file it writes, PNG files it writes)
     ("kfac_digits.py", "kfac_digits.json", ["kfac_digits.png"]),
     ("step_overhead.py", "step_overhead.json", []),
     ("step_cycles.py", "step_cycles.json", []),
+    ("train_step.py", "train_step.json", []),
+    ("step_asm.py", "step_asm.json", []),
     ("group_step_time.py", "group_step_time.json", []),
     ("target_sparsity.py", "target_sparsity.json", []),
+    ("quantization.py", "quantization.json", ["quantization.png"]),
 ]
 
 
-@pytest.mark.parametrize("script,json_name,pngs", BENCHMARKS, ids=[b[0] for b in BENCHMARKS])
+# Timing studies whose full --quick run is long; `-m slow` runs them. step_overhead's --quick path stays in the
+# default run through test_step_overhead_rows_and_state_bytes (two rows, one round); the group prox that
+# group_step_time times is tested for correctness in test_group_l12.py / test_group_mcp.py.
+SLOW = {"step_overhead.py", "group_step_time.py"}
+
+
+@pytest.mark.parametrize("script,json_name,pngs", [
+    pytest.param(*b, id=b[0], marks=[pytest.mark.slow] if b[0] in SLOW else []) for b in BENCHMARKS])
 def test_benchmark_quick_mode(script, json_name, pngs, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -50,3 +60,17 @@ def test_step_overhead_rows_and_state_bytes(tmp_path):
     assert [r["regularizer"] for r in rows] == ["l1", "l1/2"]
     # Diagonal ProxGen keeps exactly optax.adam's optimizer state.
     assert all(r["state_bytes"] == r["adam_state_bytes"] for r in rows)
+
+
+def test_parq_side_by_side_quick_or_skipped(tmp_path):
+    """Runs torchao's PARQ next to ours when torch/torchao are installed (extra ``torch``), else records the skip."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "parq_side_by_side.py"), "--quick",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "parq_side_by_side.json") as f:
+        result = json.load(f)
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+    assert {r["method"] for r in result["rows"]} >= {"torchao PARQ (UnifQuantizer, ProxPARQ)",
+                                                      "ours: ProxGen (metric fit)"}
+    assert all(0.0 <= r["acc_mean"] <= 100.0 for r in result["rows"])

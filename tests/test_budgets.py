@@ -17,7 +17,8 @@ import optax
 import pytest
 
 import proxgen_jax as pg
-from oracles import brute_force_prox, objective
+
+from oracles import brute_force_prox, group_objective, group_prox_bisection, objective
 
 N_PROBLEMS = 200
 ALPHA = 0.1
@@ -124,6 +125,24 @@ def test_group_budget_keeps_the_best_groups(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_group_budget_with_a_group_penalty(dtype):
+    # A (3, 6) kernel, one group per output column (group axes (0,)), group lasso λ Σ_g √3·‖x_g‖: keep 2 of 6. The
+    # reference: every group's free cost from the float64 bisection group prox of tests/oracles.py.
+    s, lam = 0.6, 0.15
+    theta, grads, z, c = _problems((3, 6), seed=13, dtype=dtype)
+    reg = pg.GroupL12(group_axes=(1,), weighting="sqrt")  # its own axes are overridden by the budget's
+    x = _step(lambda: pg.prox_sparsity(s, ALPHA, group_axes=(0,), regularizer=reg, lam=lam),
+              {"w": theta}, {"w": grads}, dtype)["w"]
+    assert np.all(np.sum(np.any(x != 0, axis=1), axis=1) <= 2)
+    cols = lambda t: np.swapaxes(t, 1, 2).reshape(-1, 3)  # noqa: E731  (problem·column, entry)
+    a, mu = ALPHA / cols(c), lam * np.sqrt(3.0)
+    f = group_objective(group_prox_bisection(cols(z), a, mu), cols(z), a, mu).reshape(N_PROBLEMS, 6)
+    g = group_objective(np.zeros_like(cols(z)), cols(z), a, mu).reshape(N_PROBLEMS, 6)
+    ours = group_objective(cols(x), cols(z), a, mu).reshape(N_PROBLEMS, 6).sum(1)
+    _check(ours, _best_over_supports(f, g, 2), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reg_name", [None, "l1"], ids=["plain", "l1"])
 def test_nm_is_the_best_pattern(reg_name, dtype):
     # A Dense kernel (8, 3): 2:4 along the input axis, i.e. two blocks of 4 rows in every column.
@@ -214,6 +233,6 @@ def test_budget_errors_name_the_argument_or_leaf():
     with pytest.raises(ValueError, match="`n` must be at most"):
         pg.prox_nm(5, 4)
     with pytest.raises(ValueError, match="regularizer"):
-        pg.prox_sparsity(0.5, regularizer=pg.GroupL12())
+        pg.prox_nm(2, 4, regularizer=pg.GroupL12())
     with pytest.raises(ValueError, match=r"\['dense'\]\['kernel'\].*not divisible by m=4"):
         pg.prox_nm(2, 4).init({"dense": {"kernel": jnp.ones((6, 3))}})

@@ -18,10 +18,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from proxgen_jax._tree import kernels_only
 from proxgen_jax.aliases import proxgen_adam
 from proxgen_jax.preconditioners.adam import ScaleByAdamPrecondState, scale_by_adam_precond
 from proxgen_jax.regularizers import Lq
-from proxgen_jax._tree import kernels_only
 from proxgen_jax.transforms.prox_transforms import prox_lq
 from proxgen_jax.transforms.proximal_step import ProximalStepState
 

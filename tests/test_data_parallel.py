@@ -21,6 +21,9 @@ sys.path.insert(0, SCRIPTS)
 
 import toy  # noqa: E402
 
+# Under pytest-xdist (--dist loadgroup) the module-scoped fixture runs once, on one worker.
+pytestmark = pytest.mark.xdist_group("data_parallel")
+
 METHODS = ("pmap", "fsdp_auto", "fsdp_explicit")
 
 

@@ -4,12 +4,12 @@ The chain under test is ``optax.chain(scale_by_adam_precond(), prox_lq(q=0.5, ma
 ``kernels_only`` picks exactly the Conv/Dense kernels in nnx States (with and without ``Variable`` wrappers) and
 in linen dicts; the first step equals a float64 NumPy Adam step followed by the brute-force prox oracle; a
 short training run lowers the loss, zeroes kernel coordinates exactly and leaves every other leaf nonzero.
-Then ``optax.MultiSteps``, ``optax.apply_if_finite`` and ``optax.clip_by_global_norm`` around the chain, one
-compilation for many steps, and bfloat16 parameters.
+Then ``optax.clip_by_global_norm`` before the chain (and refused inside it). ``optax.MultiSteps``,
+``optax.apply_if_finite``, one compilation with schedules and bfloat16 parameters are contracts of every
+transformation: ``tests/test_contracts.py``.
 """
 
 from __future__ import annotations
-
 
 import flax.linen as nn
 import jax
@@ -19,13 +19,14 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from oracles import brute_force_prox
 
+from proxgen_jax._tree import kernels_only
 from proxgen_jax.preconditioners.adam import scale_by_adam_precond
 from proxgen_jax.preconditioners.preconditioned_updates import MisplacedPreconditionerOutput
-from proxgen_jax._tree import kernels_only
 from proxgen_jax.transforms.prox_transforms import prox_lq
+
 from compile_counter import count_compiles
+from oracles import brute_force_prox
 
 VOCAB, LENGTH, FEATURES, BATCH = 12, 6, 8, 32
 LR, LAM, EPS = 1e-2, 5e-3, 1e-8
@@ -216,7 +217,7 @@ def test_linen_train_state_loop():
     assert_sparsity_where_masked(flat_paths(state.params))
 
 
-# ------------------------------------------------------------------------- optax wrappers, jit, dtypes
+# ------------------------------------------------------------------------------------ gradient clipping
 
 
 def small_problem(dtype=jnp.float32):
@@ -245,46 +246,6 @@ def tree_allclose(a, b, **kw):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), **kw)
 
 
-def test_multisteps_equals_step_on_mean_gradient():
-    params, loss, x, y = small_problem()
-    k = 3
-    micro = [jax.grad(loss)(params, x[i::k], y[i::k]) for i in range(k)]
-    tx = make_tx(lam=0.05)
-    multi = optax.MultiSteps(tx, every_k_schedule=k)
-    state = multi.init(params)
-    update = jax.jit(multi.update)
-    p = params
-    for i, g in enumerate(micro):
-        updates, state = update(g, state, p)
-        p = optax.apply_updates(p, updates)
-        if i < k - 1:
-            assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
-    mean = jax.tree.map(lambda *gs: sum(gs) / k, *micro)
-    want, _ = run(tx, params, [mean])
-    tree_allclose(p, want, rtol=1e-6, atol=1e-7)
-    assert np.any(np.asarray(p["dense"]["kernel"]) == 0)
-
-
-def test_apply_if_finite_skips_nan_step_and_keeps_trajectory():
-    params, loss, _, _ = small_problem()
-    tx = make_tx(lam=0.05)
-    guarded = optax.apply_if_finite(tx, max_consecutive_errors=3)
-    update = jax.jit(guarded.update)
-    state = guarded.init(params)
-    g1 = jax.grad(loss)(params)
-    u1, state = update(g1, state, params)
-    p1 = optax.apply_updates(params, u1)
-    g2 = jax.grad(loss)(p1)
-    nan = jax.tree.map(lambda g: g.at[0].set(jnp.nan), g2)
-    u_nan, state_after_nan = update(nan, state, p1)
-    assert all(np.all(np.asarray(v) == 0) for v in jax.tree.leaves(u_nan))
-    assert int(state_after_nan.notfinite_count) == 1
-    tree_allclose(state_after_nan.inner_state, state.inner_state, rtol=0, atol=0)
-    u2, _ = update(g2, state_after_nan, p1)
-    want, _ = run(tx, params, [g1, g2])
-    tree_allclose(optax.apply_updates(p1, u2), want, rtol=0, atol=0)
-
-
 def test_clip_before_preconditioner_and_refused_after():
     params, loss, _, _ = small_problem()
     g = jax.tree.map(lambda a: 100.0 * a, jax.grad(loss)(params))
@@ -301,44 +262,3 @@ def test_clip_before_preconditioner_and_refused_after():
         run(wrong, params, [g])
 
 
-def test_jit_compiles_once_with_scheduled_hyperparameters():
-    params, loss, _, _ = small_problem()
-    sched = optax.cosine_decay_schedule(LR, 10)
-    tx = optax.chain(scale_by_adam_precond(), prox_lq(q=0.5, lam=optax.linear_schedule(0.0, 0.05, 10),
-                                                      learning_rate=sched, mask=kernels_only))
-    traces = []
-
-    @jax.jit
-    def step(p, s):
-        traces.append(1)
-        updates, s = tx.update(jax.grad(loss)(p), s, p)
-        return optax.apply_updates(p, updates), s
-
-    state = tx.init(params)
-    with count_compiles() as compiles:
-        for _ in range(5):
-            params, state = step(params, state)
-    assert len(traces) == 1 and len(compiles) == 1 and step._cache_size() == 1
-    assert int(state[1].count) == 5
-
-
-def test_bfloat16_params_stay_bfloat16():
-    params, loss, _, _ = small_problem(jnp.bfloat16)
-    tx = make_tx(lam=0.05)
-    state = tx.init(params)
-    dtypes = jax.tree.map(lambda a: a.dtype, state)
-
-    @jax.jit
-    def step(p, s):
-        updates, s = tx.update(jax.grad(loss)(p), s, p)
-        return optax.apply_updates(p, updates), s
-
-    first = float(loss(params))
-    with count_compiles() as compiles:
-        for _ in range(20):
-            params, state = step(params, state)
-    assert len(compiles) == 1
-    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(params))
-    assert jax.tree.map(lambda a: a.dtype, state) == dtypes  # no promotion (which would also retrace)
-    assert float(loss(params)) < first
-    assert np.any(np.asarray(params["dense"]["kernel"], np.float32) == 0)

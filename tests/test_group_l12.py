@@ -13,14 +13,6 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
-from group_mlp import (
-    assert_bias_took_plain_adam_step,
-    assert_unfit_leaf_is_named,
-    feature_data,
-    first_adam_step,
-    mlp,
-    mlp_params,
-)
 
 import proxgen_jax as pg
 from proxgen_jax.regularizers import group_l12
@@ -31,36 +23,23 @@ from proxgen_jax.transforms.prox_group import (
     prox_group_l12,
 )
 
+from group_mlp import (
+    assert_bias_took_plain_adam_step,
+    assert_unfit_leaf_is_named,
+    feature_data,
+    first_adam_step,
+    mlp,
+    mlp_params,
+)
+from oracles import group_objective as objective
+from oracles import group_prox_bisection as ref_group_prox
+
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Independent float64 references
 # ---------------------------------------------------------------------------------------------------------------
-def ref_group_prox(z, a, mu):
-    """Rows of ``z`` are groups. Zero iff ‖z/a‖ ≤ μ; else x = z ρ/(ρ + μa), ρ by 1100 bisection halvings."""
-    z, a = np.asarray(z, np.float64), np.asarray(a, np.float64)
-    mu = np.broadcast_to(np.asarray(mu, np.float64), (z.shape[0],))
-    b = mu[:, None] * a
-    lo, hi = np.zeros(len(z)), np.linalg.norm(z, axis=1)
-    for _ in range(1100):  # bisection on Σ z²/(ρ+b)² = 1 until the bracket stops shrinking
-        mid = 0.5 * (lo + hi)
-        if np.all((mid == lo) | (mid == hi)):
-            break
-        with np.errstate(divide="ignore", invalid="ignore"):
-            big = np.sum((z / (mid[:, None] + b)) ** 2, axis=1) > 1
-        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
-    rho = 0.5 * (lo + hi)
-    zero = np.linalg.norm(z / a, axis=1) <= mu
-    x = z * (rho[:, None] / (rho[:, None] + b))
-    return np.where(zero[:, None], 0.0, x)
-
-
-def objective(x, z, a, mu):
-    x, z, a = (np.asarray(v, np.float64) for v in (x, z, a))
-    return np.asarray(mu, np.float64) * np.linalg.norm(x, axis=1) + 0.5 * np.sum((x - z) ** 2 / a, axis=1)
-
-
 def block_soft_threshold(z, t):
     """NumPy: rows of ``z`` shrunk by ``t`` in ℓ2 norm."""
     n = np.linalg.norm(z, axis=1, keepdims=True)
@@ -354,10 +333,7 @@ def test_invalid_arguments_raise():
         GroupL12(group_axes=(2,)).prox(jnp.ones((3, 4)), jnp.ones((3, 4)), 0.1)
     with pytest.raises(ValueError, match="repeats"):
         GroupL12(group_axes=(1, -1)).prox(jnp.ones((3, 4)), jnp.ones((3, 4)), 0.1)
-    with pytest.raises(ValueError, match="weighting"):
-        prox_group_l12(weighting="nope")
-    with pytest.raises(ValueError, match="lam"):
-        prox_group_l12(lam=-1.0)
+    # prox_group_l12's own ValueErrors (weighting, lam, ...): tests/test_contracts.py.
     assert_unfit_leaf_is_named(lambda mask: prox_group_l12(group_axes=(1,), mask=mask), r"\['dense'\]\['bias'\]")
 
 

@@ -27,6 +27,9 @@ import proxgen_jax as pg
 from proxgen_jax.baselines.prox_sgd import prox_sgd
 from proxgen_jax.regularizers import L1
 
+# Under pytest-xdist (--dist loadgroup) the module-scoped fixture runs once, on one worker.
+pytestmark = pytest.mark.xdist_group("lasso_study")
+
 _BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "lasso_support.py")
 
 

@@ -22,6 +22,9 @@ sys.path.insert(0, SCRIPTS)
 
 import toy  # noqa: E402
 
+# Under pytest-xdist (--dist loadgroup) the module-scoped fixture runs once, on one worker.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 NUM_PROCESSES = 2
 TIMEOUT_S = 150
 # What an older jaxlib without CPU collectives says; only then is skipping honest.

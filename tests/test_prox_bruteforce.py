@@ -20,6 +20,7 @@ import pytest
 
 import proxgen_jax as pg
 from proxgen_jax.regularizers._metric_forms import prox_metric, prox_metric_scaled
+
 from oracles import brute_force_prox, relative_gap, representable_reference
 
 N = 10_000
@@ -210,7 +211,8 @@ def test_prox_edge_values(name, reg, kind, kw, thresholds, dtype):
         x0 = np.asarray(reg.prox(jnp.asarray(z), jnp.asarray(1.0, dtype), jnp.asarray(0.0, dtype)))
         np.testing.assert_array_equal(x0, z)
         for c in (1e-30, 1.0, 1e30):  # λ = 0 in the metric form too, whatever the metric
-            xm = prox_metric(reg, jnp.asarray(z), jnp.asarray(1e-3, dtype), jnp.asarray(c, dtype), jnp.asarray(0.0, dtype))
+            xm = prox_metric(reg, jnp.asarray(z), jnp.asarray(1e-3, dtype), jnp.asarray(c, dtype),
+                             jnp.asarray(0.0, dtype))
             np.testing.assert_array_equal(np.asarray(xm), z)
         xs = np.asarray(reg.prox(jnp.asarray(z), jnp.asarray(1e12, dtype), jnp.asarray(0.5, dtype)))
         xsm = np.asarray(prox_metric(reg, jnp.asarray(z), jnp.asarray(1e4, dtype), jnp.asarray(1e-8, dtype),

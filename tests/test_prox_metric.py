@@ -42,8 +42,8 @@ from proxgen_jax.solvers.metric_operators import (
     symmetric_eigh,
 )
 from proxgen_jax.solvers.metric_prox import solve_metric_prox
-from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 from proxgen_jax.transforms.proximal_step import proximal_step
+from proxgen_jax.transforms.proximal_step_metric import proximal_step_metric
 from tests import oracles
 
 TOL = 1e-6  # relative objective gap required in float64
@@ -569,20 +569,7 @@ def test_core_proximal_step_refuses_operator_metric():
         tx.update(PreconditionedUpdates({"w": jnp.ones((2, 2))}, {"w": op}), tx.init(params), params)
 
 
-def test_invalid_hyperparameters_name_the_argument():
-    with pytest.raises(ValueError, match="inner_steps"):
-        proximal_step_metric(L1(), inner_steps=0)
-    with pytest.raises(ValueError, match="warm_start"):
-        proximal_step_metric(L1(), warm_start="zeros")
-    with pytest.raises(ValueError, match="tol"):
-        proximal_step_metric(L1(), tol=-1.0)
-    with pytest.raises(ValueError, match="learning_rate"):
-        proximal_step_metric(L1(), learning_rate=0.0)
-    with pytest.raises(ValueError, match="polish_max_size"):
-        proximal_step_metric(L1(), polish_max_size=-1)
-    with pytest.raises(ValueError, match="polish_sweeps"):
-        proximal_step_metric(L1(), polish_sweeps=0)
-    with pytest.raises(ValueError, match="search_max_size"):
-        proximal_step_metric(L1(), search_max_size=21)
+def test_invalid_solver_options_name_the_argument():
+    # proximal_step_metric's own ValueErrors: tests/test_contracts.py.
     with pytest.raises(ValueError, match="search_max_size"):
         solve_metric_prox(L1(), jnp.ones(2), None, 1.0, 1.0, search_max_size=2.5)

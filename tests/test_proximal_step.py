@@ -1,4 +1,9 @@
-"""The optax-facing behaviour of ``preconditioner → proximal_step`` chains."""
+"""The optax-facing behaviour of ``preconditioner → proximal_step`` chains.
+
+The contracts every transformation shares (jit without retrace, inject_hyperparams, MultiSteps, apply_if_finite
+and NaN propagation, bf16, vmap over λ, state bytes, ValueErrors, update without params) are in
+``tests/test_contracts.py``; this file keeps what is specific to the chain's mathematics and placement.
+"""
 
 from __future__ import annotations
 
@@ -98,95 +103,9 @@ def test_preconditioner_output_refuses_arithmetic():
         jnp.asarray(out)
 
 
-def test_wrappers_clip_multisteps_inject_apply_if_finite():
+def test_mu_dtype():
+    """(State bytes equal to ``optax.adam``'s: tests/test_contracts.py.)"""
     params = _params()
-    base = lambda: optax.chain(optax.clip_by_global_norm(1.0), pg.scale_by_adam_precond(),  # noqa: E731
-                               pg.prox_l1(lam=1e-2, learning_rate=1e-2))
-    _run(base(), params)
-    _run(optax.MultiSteps(base(), every_k_schedule=2), params, steps=4)
-    _run(optax.apply_if_finite(base(), max_consecutive_errors=3), params)
-    injected = optax.inject_hyperparams(pg.proxgen_adam, static_args=("regularizer",))(
-        learning_rate=1e-2, regularizer=pg.L1(), lam=1e-2)
-    out, state = _run(injected, params)
-    assert float(state.hyperparams["lam"]) == pytest.approx(1e-2)
-
-
-def test_inject_hyperparams_change_takes_effect():
-    params = _params()
-    tx = optax.inject_hyperparams(pg.proxgen_adam, static_args=("regularizer",))(
-        learning_rate=1e-2, regularizer=pg.L1(), lam=0.0)
-    state = tx.init(params)
-    step = jax.jit(tx.update)
-    g = _grads(params, 0)
-    u0, _ = step(g, state, params)
-    state.hyperparams["lam"] = jnp.asarray(1e3)
-    u1, _ = step(g, state, params)
-    new = optax.apply_updates(params, u1)
-    assert pg.sparsity(new)["total"] == 1.0 and pg.sparsity(optax.apply_updates(params, u0))["total"] == 0.0
-
-
-def test_apply_if_finite_skips_nan_gradient_and_nan_never_becomes_zero():
-    params = _params()
-    nan_grads = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
-    for reg in [pg.L0(), pg.L1(), pg.Lq(0.5), pg.MCP(3.0), pg.SCAD(3.7), pg.regularizers.binary(0.5)]:
-        tx = optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, 1.0, 1.0))
-        updates, _ = tx.update(nan_grads, tx.init(params), params)
-        new = optax.apply_updates(params, updates)
-        assert all(bool(jnp.all(jnp.isnan(x))) for x in jax.tree.leaves(new)), reg
-        safe = optax.apply_if_finite(tx, max_consecutive_errors=5)
-        updates, _ = safe.update(nan_grads, safe.init(params), params)
-        kept = optax.apply_updates(params, updates)
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), kept, params)
-
-
-def test_jit_does_not_recompile_between_steps():
-    params = _params()
-    tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_lq(0.5, lam=1e-2, learning_rate=optax.cosine_decay_schedule(1e-2, 100)))
-    traces = []
-
-    @jax.jit
-    def step(p, s, g):
-        traces.append(1)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    state = tx.init(params)
-    for t in range(4):
-        params, state = step(params, state, _grads(params, t))
-    assert len(traces) == 1
-
-
-def test_vmap_over_lambda_equals_python_loop():
-    params = _params()
-    lams = jnp.array([0.0, 1e-3, 3e-2, 1e-1])
-
-    def train(lam):
-        tx = optax.chain(pg.scale_by_adam_precond(), pg.prox_lq(0.5, lam=lam, learning_rate=1e-2))
-        p, s = params, tx.init(params)
-        for t in range(3):
-            u, s = tx.update(_grads(params, t), s, p)
-            p = optax.apply_updates(p, u)
-        return p
-
-    batched = jax.jit(jax.vmap(train))(lams)
-    for i, lam in enumerate(lams):
-        single = train(float(lam))
-        jax.tree.map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-6, atol=1e-7), batched, single)
-
-
-def test_bf16_params_stay_bf16():
-    params = _params(jnp.bfloat16)
-    for reg in [pg.L1(), pg.Lq(0.5), pg.regularizers.binary(1.0)]:
-        out, state = _run(optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, 1e-2, 1e-2)), params)
-        assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(out))
-
-
-def test_mu_dtype_and_state_matches_optax_adam_bytes():
-    params = _params()
-    ours = optax.chain(pg.scale_by_adam_precond(), pg.prox_l1()).init(params)
-    ref = optax.adam(1e-3).init(params)
-    nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
-    assert nbytes(ours) == nbytes(ref)
     st = pg.scale_by_adam_precond(mu_dtype=jnp.bfloat16).init(params)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(st.mu))
 
@@ -224,23 +143,3 @@ def test_schedules_for_lambda_and_learning_rate():
     assert int(state[1].count) == 1
 
 
-@pytest.mark.parametrize("make", [
-    lambda: pg.prox_lq(q=1.5), lambda: pg.prox_lq(q=-0.1), lambda: pg.prox_l1(lam=-1.0),
-    lambda: pg.prox_l1(learning_rate=0.0), lambda: pg.prox_l1(learning_rate=-1e-3),
-    lambda: pg.scale_by_adam_precond(eps=-1e-8), lambda: pg.scale_by_adam_precond(b1=1.0),
-    lambda: pg.scale_by_adam_precond(b2=-0.1), lambda: pg.prox_mcp(gamma=0.0), lambda: pg.prox_scad(gamma=1.0),
-    lambda: pg.prox_binary(q=2.0), lambda: pg.prox_l1(lam=float("nan")), lambda: pg.ema_momentum(1.0),
-    lambda: pg.scale_by_rmsprop_precond(decay=1.5), lambda: pg.scale_by_adagrad_precond(eps=-1.0),
-    lambda: pg.scale_by_sgd_precond(delta=0.0), lambda: pg.prox_quantize(levels=(1.0, 1.0)),
-], ids=["q>1", "q<0", "lam<0", "lr=0", "lr<0", "eps<0", "b1=1", "b2<0", "mcp_gamma0", "scad_gamma1", "binary_q2",
-        "lam_nan", "ema1", "rms_decay", "adagrad_eps", "sgd_delta", "levels_dup"])
-def test_invalid_arguments_raise_value_error_naming_the_argument(make):
-    with pytest.raises(ValueError, match="`"):
-        make()
-
-
-def test_update_without_params_is_a_clear_error():
-    params = _params()
-    tx = pg.prox_l1()
-    with pytest.raises(ValueError, match="params"):
-        tx.update(params, tx.init(params))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import proxgen_jax as pg
+
 from oracles import penalty
 
 CASES = [
@@ -18,7 +19,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("reg,kind,kw", CASES, ids=lambda c: getattr(c, "__class__").__name__)
+@pytest.mark.parametrize("reg,kind,kw", CASES, ids=lambda c: c.__class__.__name__)
 def test_subgradient_is_the_derivative_off_kinks(reg, kind, kw):
     lam = 0.4
     with jax.enable_x64(True):

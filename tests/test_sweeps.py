@@ -6,6 +6,7 @@
   next step (checked against ``optax.adam`` and a float64 Adam + brute-force prox oracle) without a
   recompilation. Callables that are not schedules (``mask``, a per-leaf ``regularizer``), the exponent ``q`` and
   ``momentum`` (which shapes the state) must be ``static_args``; bfloat16 params need ``hyperparam_dtype``.
+  Every factory's ``static_args`` (and the error without them) are checked in ``tests/test_contracts.py``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from oracles import brute_force_prox
 
-from proxgen_jax.aliases import proxgen_adagrad, proxgen_adam, proxgen_rmsprop, proxgen_sgd, revised_proxquant
-from proxgen_jax.preconditioners.adam import scale_by_adam_precond
-from proxgen_jax.regularizers import L1, Lq
 from proxgen_jax._tree import kernels_only
-from proxgen_jax.transforms.prox_transforms import prox_binary, prox_lq, prox_quantize
-from proxgen_jax.transforms.proximal_step import proximal_step
+from proxgen_jax.aliases import proxgen_adam
+from proxgen_jax.preconditioners.adam import scale_by_adam_precond
+from proxgen_jax.regularizers import Lq
+from proxgen_jax.transforms.prox_transforms import prox_lq
+
+from oracles import brute_force_prox
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
@@ -33,7 +34,6 @@ import toy  # noqa: E402
 from compile_counter import count_compiles
 
 LAMS = (0.0, 2e-3, 5e-3, 1.5e-2)
-TracerBool = jax.errors.TracerBoolConversionError
 EPS = 1e-8
 
 
@@ -166,42 +166,3 @@ def test_inject_hyperparams_bfloat16_state_dtypes_stable():
     assert jax.tree.map(lambda a: a.dtype, state.inner_state) == dtypes
 
 
-# factory: (keyword arguments, the static_args it needs, whether it follows a preconditioner, the error without
-# them). A callable mask or per-leaf regularizer is not a schedule, but inject_hyperparams calls every callable
-# with the step count; q chooses code paths in Python, so cannot be traced. momentum can: the state's
-# structure (fixed at init) decides whether a first moment is kept.
-INJECTABLE = {
-    "proxgen_adam": (proxgen_adam, dict(regularizer=Lq(0.5), mask=kernels_only), ("mask",), False, ValueError),
-    "proxgen_sgd": (proxgen_sgd, dict(regularizer=L1()), (), False, None),
-    "proxgen_rmsprop": (proxgen_rmsprop, dict(regularizer=L1(), momentum=0.5), (), False, None),
-    "proxgen_adagrad": (proxgen_adagrad, dict(regularizer=L1(), momentum=0.5), (), False, None),
-    "revised_proxquant": (revised_proxquant, dict(q=0.5), ("q",), False, TracerBool),
-    "proximal_step": (proximal_step, dict(regularizer=lambda path, leaf: Lq(0.5) if leaf.ndim == 2 else None),
-                      ("regularizer",), True, TypeError),
-    "prox_lq": (prox_lq, dict(q=0.5, lam=toy.LAM, learning_rate=toy.LR, mask=kernels_only), ("q", "mask"), True,
-                ValueError),
-    "prox_binary": (prox_binary, dict(q=0.5), ("q",), True, TracerBool),
-    "prox_quantize": (prox_quantize, dict(levels=(-1.0, 0.0, 1.0), q=0.5), ("q",), True, TracerBool),
-}
-
-
-@pytest.mark.parametrize("name", sorted(INJECTABLE))
-def test_inject_hyperparams_each_factory(name):
-    """With the listed static_args each factory injects and computes what the plain factory computes."""
-    factory, kwargs, static, after_precond, error = INJECTABLE[name]
-    params = jax.tree.map(jnp.asarray, toy.init_params())
-    grads = jax.tree.map(lambda a: 0.3 * a, params)
-    wrap = (lambda tx: optax.chain(scale_by_adam_precond(), tx)) if after_precond else (lambda tx: tx)
-    injected = wrap(optax.inject_hyperparams(factory, static_args=static)(**kwargs))
-    plain = wrap(factory(**kwargs))
-    u, state = jax.jit(injected.update)(grads, injected.init(params), params)
-    hyper = (state[1] if after_precond else state).hyperparams
-    assert {"lam", "learning_rate"} <= set(hyper) and not set(static) & set(hyper)
-    w, _ = jax.jit(plain.update)(grads, plain.init(params), params)
-    # b2 = 0.999 as a float32 array makes 1 − b2 exact only to ~1e-5 (a Python float is exact): hence rtol.
-    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(w)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
-    if static:  # without them: refused loudly, never silently different
-        with pytest.raises(error):
-            bad = wrap(optax.inject_hyperparams(factory)(**kwargs))
-            jax.jit(bad.update)(grads, bad.init(params), params)

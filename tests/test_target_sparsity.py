@@ -324,30 +324,6 @@ def test_bfloat16_params_keep_dtype_and_nan_propagates():
     assert np.isfinite(float(state[1].log_lam))
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(target=1.0), "target"),
-    (dict(target=-0.1), "target"),
-    (dict(ramp_steps=-1), "ramp_steps"),
-    (dict(ramp_steps=2.5), "ramp_steps"),
-    (dict(lam_init=0.0), "lam_init"),
-    (dict(lam_init=1e5), "lam_init"),
-    (dict(learning_rate=-1.0), "learning_rate"),
-    (dict(gain_i=0.0), "gain_i"),
-    (dict(gain_p=-1.0), "gain_p"),
-    (dict(down_factor=0.5), "down_factor"),
-    (dict(margin=-0.01), "margin"),
-    (dict(track="both"), "track"),
-    (dict(guard_iters=0), "guard_iters"),
-    (dict(ramp_shape="exp"), "ramp_shape"),
-])
-def test_invalid_arguments_name_the_argument(kwargs, name):
-    kw = dict(target=0.5)
-    kw.update(kwargs)
-    target = kw.pop("target")
-    with pytest.raises(ValueError, match=name):
-        target_sparsity(pg.regularizers.L1(), target, **kw)
-
-
 def test_nothing_regularised_is_an_error():
     tx = target_sparsity(pg.regularizers.L1(), 0.5, mask={"w": False})
     with pytest.raises(ValueError, match="no leaf is regularised"):

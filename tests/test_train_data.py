@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from proxgen_jax._tree import kernels_only
 from proxgen_jax.train import data, models
 from proxgen_jax.train.optimizers import binary_mask
-from proxgen_jax._tree import kernels_only
 
 
 def test_digits_split_shapes_ranges_and_stratification():

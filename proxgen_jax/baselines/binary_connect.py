@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxgen_jax._validation import check_positive
 from proxgen_jax._tree import MaskOrFn, check_params_like, resolve_mask
+from proxgen_jax._validation import check_positive
+from proxgen_jax.solvers.scale_fit import init_scale, nearest_level, scale_axes
 
 
 def _hard_sign(w: jax.Array) -> jax.Array:
@@ -113,6 +114,42 @@ def binarize_params(params: Any, mask: MaskOrFn = None, *, key: jax.Array | None
             out.append(sign_ste(leaf))
         else:
             out.append(stochastic_sign_ste(k, leaf))
+    return jax.tree.unflatten(treedef, out)
+
+
+def quantize_ste(w: jax.Array, levels: tuple, axes: tuple) -> jax.Array:
+    r"""k-bit weights with a fitted scale and a straight-through gradient (BinaryConnect / XNOR-Net style).
+
+    Forward: ``s·ℓ(w/s)`` with ``s`` the least-squares scale of ``w`` over ``axes`` (exact for binary and ternary
+    grids, Lloyd otherwise: :func:`~proxgen_jax.solvers.scale_fit.init_scale`), refit at every call and not
+    differentiated. Backward: ``g·1_{|w| ≤ s·max|L|}`` — the hard-tanh cut-off of :func:`sign_ste` at the grid's
+    range. With ``levels = (−1, 1)`` and ``s = 1`` this is :func:`sign_ste`.
+
+    Args:
+      w: latent weights.
+      levels: the sorted base grid ``L`` (e.g. ``pg.uniform_levels(2)``).
+      axes: the axes one scale is shared over (:func:`~proxgen_jax.solvers.scale_fit.scale_axes`).
+    """
+    w = jnp.asarray(w)
+    levels = tuple(sorted(float(v) for v in levels))
+    wf = jax.lax.stop_gradient(w).astype(jnp.promote_types(w.dtype, jnp.float32))
+    s = jax.lax.stop_gradient(init_scale(wf, levels, axes))
+    safe = jnp.where(s > 0, s, jnp.ones_like(s))
+    q = (s * nearest_level(wf / safe, levels)).astype(w.dtype)
+    inside = jnp.abs(wf) <= s * max(abs(v) for v in levels)
+    return jnp.where(inside, w + jax.lax.stop_gradient(q - w), jax.lax.stop_gradient(q))
+
+
+def quantize_params_ste(params: Any, levels: tuple, mask: MaskOrFn = None, *, scale: str = "channel",
+                        channel_axis: int = -1) -> Any:
+    """The forward-pass parameters of straight-through k-bit training: :func:`quantize_ste` on the leaves
+    selected by ``mask`` with one scale per tensor or per output channel (``scale``), others unchanged."""
+    if scale not in ("tensor", "channel"):
+        raise ValueError(f"`scale` must be 'tensor' or 'channel', got {scale!r}.")
+    flags = resolve_mask(mask, params)
+    leaves, treedef = jax.tree.flatten(params)
+    out = [quantize_ste(x, levels, scale_axes(jnp.ndim(x), scale, channel_axis)) if on else x
+           for x, on in zip(leaves, flags)]
     return jax.tree.unflatten(treedef, out)
 
 

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxgen_jax._validation import check_beta, check_in_range, check_nonnegative, check_positive
-from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax._tree import MaskOrFn, check_params_like, resolve_mask
+from proxgen_jax._validation import check_beta, check_in_range, check_nonnegative, check_positive
 from proxgen_jax.regularizers.base import RegularizerOrFn, check_regularizer, resolve_regularizers
+from proxgen_jax.regularizers.l1 import L1
 
 
 class ProxSGDState(NamedTuple):

@@ -6,26 +6,27 @@ metric ``C_t + δI`` (ProxGen Table 2).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from proxgen_jax._tree import MaskOrFn, resolve_mask
 from proxgen_jax._validation import check_beta, check_nonnegative, check_positive
 from proxgen_jax.baselines.binary_connect import clip_latent
 from proxgen_jax.metrics import quantize
 from proxgen_jax.regularizers.quantization import Quantization
-from proxgen_jax._tree import MaskOrFn, resolve_mask
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 
 def linear_ramp(lam_max: float, ramp_steps: int, ramp_every: int = 1) -> Callable[[jax.Array], jax.Array]:
     r"""ProxQuant's homotopy schedule ``λ_t = lam_max · min(s_t, ramp_steps)/ramp_steps``.
 
-    ``s_t = ramp_every·⌊t/ramp_every⌋`` and ``t`` is the 0-based step count, so ``λ_0 = 0``: the first steps are plain Adam. ``ramp_every = 1`` is a
-    per-step linear ramp; ``ramp_every =`` steps per epoch reproduces the authors' ``λ = reg_rate · epoch``
-    (epochs counted from 0) with ``reg_rate = lam_max · ramp_every / ramp_steps``, up to ``lam_max``.
+    ``s_t = ramp_every·⌊t/ramp_every⌋`` and ``t`` is the 0-based step count, so ``λ_0 = 0``: the first steps are
+    plain Adam. ``ramp_every = 1`` is a per-step linear ramp; ``ramp_every =`` steps per epoch reproduces the
+    authors' ``λ = reg_rate · epoch`` (epochs counted from 0) with ``reg_rate = lam_max · ramp_every / ramp_steps``, up to ``lam_max``.
     """
     check_nonnegative("lam_max", lam_max)
     if int(ramp_steps) != ramp_steps or ramp_steps < 1:

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxgen_jax._validation import check_beta, check_nonnegative, check_positive
 from proxgen_jax._tree import MaskOrFn, check_params_like
+from proxgen_jax._validation import check_beta, check_nonnegative, check_positive
 from proxgen_jax.regularizers.base import RegularizerOrFn, check_regularizer, resolve_regularizers
 
 

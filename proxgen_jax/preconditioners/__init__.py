@@ -22,7 +22,6 @@ from proxgen_jax.preconditioners.kfac import (
     scale_by_kfac_precond,
 )
 from proxgen_jax.preconditioners.kfac_capture import kfac_value_and_grad
-from proxgen_jax.solvers.metric_operators import DenseMetric, KroneckerMetric, MetricOperator
 from proxgen_jax.preconditioners.momentum import EmaMomentumState, ema_momentum
 from proxgen_jax.preconditioners.preconditioned_updates import (
     MisplacedPreconditionerOutput,
@@ -34,6 +33,7 @@ from proxgen_jax.preconditioners.rmsprop import (
     scale_by_rmsprop_precond,
 )
 from proxgen_jax.preconditioners.sgd import scale_by_sgd_precond
+from proxgen_jax.solvers.metric_operators import DenseMetric, KroneckerMetric, MetricOperator
 
 __all__ = [
     "DenseMetric",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from proxgen_jax.preconditioners.kfac import bias_factors, dense_factors
 

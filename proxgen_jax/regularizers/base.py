@@ -17,7 +17,8 @@ optimizer step are private (:mod:`proxgen_jax.regularizers._metric_forms`).
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,7 @@ def prox_args(z, step, lam):
     return z, jnp.asarray(step, z.dtype), jnp.asarray(lam, z.dtype)
 
 
-RegularizerOrFn = Union[Regularizer, Callable[[Any, Any], Optional[Regularizer]], None]
+RegularizerOrFn = Union[Regularizer, Callable[[Any, Any], Regularizer | None], None]
 
 
 def check_regularizer(regularizer: RegularizerOrFn) -> None:

@@ -140,7 +140,7 @@ def _evaluate(tab: _RootTable, r, q, xp):
     return v
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def root_table(q: float, dtype_name: str) -> _RootTable:
     """Fits and verifies the expansion for ``(q, dtype)``; cached."""
     frac = fractions.Fraction(q).limit_denominator(1000)

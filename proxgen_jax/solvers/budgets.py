@@ -8,14 +8,15 @@ One ProxGen step with a budget solves (``c = C_t+δ``, ``z = θ_t − α_t (C_t+
 For a separable ``r`` the objective is ``Σ_i g_i − Σ_{i free}(g_i − f_i)`` with ``f_i`` the ordinary metric
 prox's value and ``g_i = c_i z_i²/2α + λ r(0)`` the value at 0, so the exact answer keeps free the ``k`` units
 with the largest gain ``Δ_i = g_i − f_i ≥ 0`` (they take their prox value, which may itself be 0) and zeroes
-the rest. A unit is a coordinate or a group (the gain of a group is the sum of its coordinates' gains). Without a
+the rest. A unit is a coordinate or a group (the gain of a group is the sum of its coordinates' gains; with a
+group penalty, the gain from the group prox: :func:`group_gains`). Without a
 penalty ``Δ_i = c_i z_i²/2α``: the preconditioner's curvature ranks the weights; with ``c = 1`` it is magnitude
 pruning. N:M applies the same rule inside every block of ``m`` consecutive entries. Gains are objective decreases
 in the same units for every leaf of one step, so one budget over many leaves is exact too.
 
 Exactly ``k`` units are free; ties are broken by flat index (the lower index stays free). The ``k``-th largest
-gain is found without sorting, by bisection over the bits of the float (non-negative floats order like their bit
-patterns as integers): 31 counting passes in float32, 63 in float64, and ``k`` may be traced (a schedule).
+gain is found without sorting, by counting passes over the bit patterns of the floats
+(:mod:`proxgen_jax.solvers.selection`); ``k`` may be traced (a schedule).
 
 References:
   Yun, Lozano & Yang, *Adaptive Proximal Gradient Methods for Structured Neural Networks*, NeurIPS 2021.
@@ -54,32 +55,29 @@ def unit_gains(regularizer, z, metric, alpha, lam) -> UnitGains:
     return UnitGains(x, jnp.where(gain < 0, jnp.zeros_like(gain), gain))  # NaN stays NaN
 
 
-def _ordered_bits(scores: jax.Array) -> jax.Array:
-    """Non-negative floats as integers of the same width, ordered like the values (NaN above +inf)."""
-    itype = jnp.int64 if scores.dtype == jnp.float64 else jnp.int32
-    ftype = jnp.float64 if scores.dtype == jnp.float64 else jnp.float32
-    return jax.lax.bitcast_convert_type(scores.astype(ftype), itype)
+def group_values(regularizer, x, lam, axes: tuple[int, ...]) -> jax.Array:
+    """``λR(x_g)`` for every group of a group-separable ``regularizer`` whose groups span ``axes``, shaped like
+    :func:`group_scores` (group axes kept as size-1 axes): ``regularizer.value`` of each group on its own."""
+    others = tuple(i for i in range(x.ndim) if i not in axes)
+    one = tuple(1 if i in others else x.shape[i] for i in range(x.ndim))  # one group, with the leaf's ndim
+    groups = jnp.moveaxis(x, others, tuple(range(len(others)))).reshape((-1,) + one)
+    values = jax.vmap(lambda g: regularizer.value(g, lam))(groups)
+    return values.reshape(tuple(x.shape[i] if i in others else 1 for i in range(x.ndim)))
 
 
-def top_k_mask(scores: jax.Array, k) -> jax.Array:
-    """A bool mask of exactly ``min(k, n)`` entries of the non-negative ``scores``: the largest, ties to the lower
-    flat index. ``k`` may be traced. Bisection over the bits (no sort): finds the ``k``-th largest value ``T``,
-    then keeps every score above ``T`` and the first ones equal to it."""
-    flat = scores.reshape(-1)
-    bits = _ordered_bits(flat)
-    k = jnp.asarray(k, bits.dtype)
-    nbits = 8 * bits.dtype.itemsize - 1
+def group_gains(regularizer, z, metric, alpha, lam, axes: tuple[int, ...]) -> UnitGains:
+    """``(x, Δ_g)`` for a group penalty whose groups are the budget's units (the groups spanning ``axes``).
 
-    def body(i, t):
-        cand = t | (jnp.ones([], bits.dtype) << (nbits - 1 - i).astype(bits.dtype))
-        return jnp.where(jnp.sum(bits >= cand, dtype=bits.dtype) >= k, cand, t)
-
-    t = jax.lax.fori_loop(0, nbits, body, jnp.zeros([], bits.dtype))  # k-th largest (0 when k ≤ 0)
-    above = bits > t
-    ties = bits == t
-    need = k - jnp.sum(above, dtype=bits.dtype)
-    keep = above | (ties & (jnp.cumsum(ties, dtype=bits.dtype) <= need))
-    return keep.reshape(scores.shape)
+    ``x = prox^{c}_{αλR}(z)`` (the group prox: ``regularizer.prox`` with step ``α/c``, or ``α`` when ``metric`` is
+    ``None``) and, per group, ``Δ_g = [Σ_{i∈g} c_i z_i²/2α + λR(0_g)] − [Σ_{i∈g} c_i(x_i−z_i)²/2α + λR(x_g)]``
+    (shaped like :func:`group_scores`), clipped at 0. Exact whenever the group prox is.
+    """
+    c = jnp.ones([], z.dtype) if metric is None else metric
+    x = regularizer.prox(z, alpha if metric is None else alpha / metric, lam).astype(z.dtype)
+    zero_cost = group_scores(c * (z * z) / (2 * alpha), axes) + group_values(regularizer, jnp.zeros_like(z), lam, axes)
+    free_cost = group_scores(c * jnp.square(x - z) / (2 * alpha), axes) + group_values(regularizer, x, lam, axes)
+    gain = (zero_cost - free_cost).astype(z.dtype)
+    return UnitGains(x, jnp.where(gain < 0, jnp.zeros_like(gain), gain))  # NaN stays NaN
 
 
 def group_scores(gain: jax.Array, group_axes: tuple[int, ...]) -> jax.Array:

@@ -85,7 +85,7 @@ class DenseMetric(MetricOperator):
     shape: tuple = dataclasses.field(metadata=dict(static=True))
 
     @classmethod
-    def from_eigh(cls, vecs, vals, shape) -> "DenseMetric":
+    def from_eigh(cls, vecs, vals, shape) -> DenseMetric:
         """``M = U diag(vals) Uᵀ`` (``vals`` must already be positive)."""
         matrix = (vecs * vals[None, :]) @ vecs.T
         return cls(0.5 * (matrix + matrix.T), vecs, vals, tuple(shape))
@@ -143,7 +143,7 @@ class KroneckerMetric(MetricOperator):
     shape: tuple = dataclasses.field(metadata=dict(static=True))
 
     @classmethod
-    def from_eigh(cls, a_vals, a_vecs, g_vals, g_vecs, damping, shape, mode: str = "exact") -> "KroneckerMetric":
+    def from_eigh(cls, a_vals, a_vecs, g_vals, g_vecs, damping, shape, mode: str = "exact") -> KroneckerMetric:
         """The metric from the factors' eigendecompositions (``A = U_A diag(a_vals) U_Aᵀ``) and ``δ``."""
         if mode not in DAMPING_MODES:
             raise ValueError(f"`damping_mode` must be one of {DAMPING_MODES}, got {mode!r}.")
@@ -164,7 +164,7 @@ class KroneckerMetric(MetricOperator):
         return cls(0.5 * (a_mat + a_mat.T), 0.5 * (g_mat + g_mat.T), a_vecs, ea, g_vecs, eg, shift, tuple(shape))
 
     @classmethod
-    def from_factors(cls, a_cov, g_cov, damping, shape, mode: str = "exact") -> "KroneckerMetric":
+    def from_factors(cls, a_cov, g_cov, damping, shape, mode: str = "exact") -> KroneckerMetric:
         """The metric from the factor matrices themselves (one ``eigh`` each)."""
         a_vals, a_vecs = symmetric_eigh(jnp.asarray(a_cov))
         g_vals, g_vecs = symmetric_eigh(jnp.asarray(g_cov))

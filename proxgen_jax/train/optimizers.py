@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from proxgen_jax._tree import MaskOrFn, kernels_only, key_name
 from proxgen_jax.aliases import proxgen_adam, proxgen_sgd, revised_proxquant
 from proxgen_jax.metrics import regularization_value
 from proxgen_jax.regularizers import L0, L1, MCP, SCAD, Lq, Quantization, lq
-from proxgen_jax._tree import MaskOrFn, key_name, kernels_only
 
 OPTIMIZERS = ("proxgen_adam", "proxgen_sgd", "subgradient_adam", "prox_sgd", "proxquant", "revised_proxquant",
               "binary_connect", "l0_hc", "adam")
@@ -55,6 +56,8 @@ class OptimizerSpec:
       mask: regularised leaves (a callable on params).
       forward: params → params used in the forward pass (``None``: identity).
       finalize: params → params evaluated at test time (``None``: identity).
+      finalize_state: ``(params, opt_state) → params`` evaluated at test time instead of ``finalize`` (snapping
+        to scales learned in the optimizer state).
     """
 
     name: str
@@ -68,6 +71,7 @@ class OptimizerSpec:
     gated_forward: Callable[[Any, Any, Any], Any] | None = None
     gate_penalty: Callable[[Any], Any] | None = None
     gated_eval: Callable[[Any, Any], Any] | None = None
+    finalize_state: Callable[[Any, Any], Any] | None = None
 
 
 def binary_mask(params: Any) -> Any:
@@ -121,8 +125,56 @@ def _linear_ramp(lam: float, steps: int):
     return optax.linear_schedule(0.0, lam, max(int(steps), 1))
 
 
+def quantization_levels(bits: int | None) -> tuple[float, ...]:
+    """The binary task's base levels: ``±1`` for ``bits`` ``None`` or 1, else ``uniform_levels(bits)``."""
+    from proxgen_jax.regularizers.levels import uniform_levels
+    return BINARY_LEVELS if bits is None or bits == 1 else uniform_levels(bits)
+
+
+def snap_to_learned_scales(levels, mask: MaskOrFn) -> Callable[[Any, Any], Any]:
+    """``(params, opt_state) → quantize(params, levels, mask, scales=learned_scales(opt_state))``; when the state
+    holds no learned scales (the fine-tune phase after a freeze: the weights are already snapped) the params."""
+    from proxgen_jax.metrics import quantize
+    from proxgen_jax.transforms.prox_quantize import learned_scales
+
+    snap_jit = jax.jit(lambda params, scales: quantize(params, levels, mask, scales=scales))
+
+    def snap(params, opt_state):
+        try:
+            scales = learned_scales(opt_state)
+        except ValueError:
+            return params
+        return snap_jit(params, scales)
+    return snap
+
+
+def _learned_scale_spec(name: str, levels, q: float, lam: float, lr: float, total_steps: int,
+                        scale: str) -> OptimizerSpec:
+    """The binary task with levels ``s·L`` learned per tensor/channel (networks without BatchNorm): every kernel
+    is quantised; ``F`` logs ``f`` only (the penalty depends on the learned scales)."""
+    from proxgen_jax.metrics import quantize
+    from proxgen_jax.transforms.prox_quantize import prox_quantize
+    mask = kernels_only
+    ramp = _linear_ramp(lam, total_steps)
+    refit = jax.jit(lambda p: quantize(p, levels, mask, scale=scale))  # PTQ: a least-squares scale fitted to θ
+    if name == "revised_proxquant":
+        tx = revised_proxquant(lr, q, ramp, levels=levels, scale=scale, mask=mask)
+    elif name == "proxquant":  # Euclidean prox after a plain Adam step, least-squares fit: PARQ's rule
+        tx = optax.chain(optax.scale_by_adam(), prox_quantize(levels, q, ramp, lr, scale=scale, mask=mask))
+    elif name == "binary_connect":
+        from proxgen_jax.baselines.binary_connect import quantize_params_ste
+        return OptimizerSpec(name, optax.adam(lr), None, lam, mask, finalize=refit,
+                             forward=lambda p: quantize_params_ste(p, levels, mask, scale=scale))
+    elif name == "adam":
+        return OptimizerSpec(name, optax.adam(lr), None, lam, mask, finalize=refit)
+    else:
+        raise ValueError(f"--scale supports adam, proxquant, revised_proxquant and binary_connect, got {name!r}")
+    return OptimizerSpec(name, tx, None, lam, mask, finalize_state=snap_to_learned_scales(levels, mask))
+
+
 def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhalf", q: float = 0.5,
-                    lam: float = 1e-4, lr: float = 1e-3, total_steps: int = 1000) -> OptimizerSpec:
+                    lam: float = 1e-4, lr: float = 1e-3, total_steps: int = 1000, bits: int | None = None,
+                    scale: str | None = None) -> OptimizerSpec:
     """Builds an :class:`OptimizerSpec` for a CLI optimizer name.
 
     Args:
@@ -134,6 +186,11 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
       lam: ``λ ≥ 0`` (for ramped methods, its final value).
       lr: ``α > 0``.
       total_steps: training length, for λ ramps.
+      bits: binary task: bits per weight (``None``/1: ``±1``; k: :func:`~proxgen_jax.uniform_levels` ``(k)``).
+      scale: binary task: ``None`` (fixed levels) or ``"tensor"``/``"channel"``: levels ``s·L`` with learned
+        scales, every kernel quantised (``adam``: post-training fit; ``binary_connect``: straight-through with a
+        least-squares scale; ``proxquant``: Euclidean prox + least-squares fit, PARQ's rule; ``revised_proxquant``:
+        the prox and the fit in the metric ``C_t+δI``); the test accuracy is after snapping to ``s·L``.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
@@ -143,8 +200,15 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
         raise ValueError(f"lam must be >= 0, got {lam!r}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if scale is not None and (task != "binary" or scale not in ("tensor", "channel")):
+        raise ValueError(f"scale must be 'tensor' or 'channel' with the binary task, got {scale!r} (task={task!r})")
+    if bits is not None and (task != "binary" or not isinstance(bits, int) or bits < 1):
+        raise ValueError(f"bits must be an int >= 1 with the binary task, got {bits!r} (task={task!r})")
+    levels = quantization_levels(bits)
+    if scale is not None:
+        return _learned_scale_spec(name, levels, q, lam, lr, total_steps, scale)
     if task == "binary":
-        reg: Any = Quantization(BINARY_LEVELS, q)
+        reg: Any = Quantization(levels, q)
         mask: MaskOrFn = binary_mask
     else:
         reg = make_regularizer("group" if task == "group" else regularizer, q=q)
@@ -152,7 +216,7 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
     finalize = None
     if task == "binary" and name != "adam":
         from proxgen_jax.metrics import quantize
-        finalize = lambda p: quantize(p, BINARY_LEVELS, mask)  # noqa: E731
+        finalize = lambda p: quantize(p, levels, mask)  # noqa: E731
 
     if name == "adam":
         return OptimizerSpec(name, optax.adam(lr), reg, lam, mask)
@@ -168,15 +232,17 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
         return OptimizerSpec(name, prox_sgd(lam, regularizer=reg, mask=mask), reg, lam, mask, finalize=finalize)
     if name == "proxquant":
         from proxgen_jax.baselines.proxquant import proxquant
-        tx = proxquant(lr, lam, ramp_steps=total_steps, q=q, levels=BINARY_LEVELS, clip=True, mask=mask)
-        return OptimizerSpec(name, tx, Quantization(BINARY_LEVELS, q), lam, mask, finalize=finalize)
+        tx = proxquant(lr, lam, ramp_steps=total_steps, q=q, levels=levels, clip=True, mask=mask)
+        return OptimizerSpec(name, tx, Quantization(levels, q), lam, mask, finalize=finalize)
     if name == "revised_proxquant":
-        tx = revised_proxquant(lr, q, _linear_ramp(lam, total_steps), levels=BINARY_LEVELS, mask=mask)
-        return OptimizerSpec(name, tx, Quantization(BINARY_LEVELS, q), lam, mask, finalize=finalize)
+        tx = revised_proxquant(lr, q, _linear_ramp(lam, total_steps), levels=levels, mask=mask)
+        return OptimizerSpec(name, tx, Quantization(levels, q), lam, mask, finalize=finalize)
     if name == "binary_connect":
+        if levels != BINARY_LEVELS:
+            raise ValueError("binary_connect with fixed levels is binary (±1); use --scale for k bits")
         from proxgen_jax.baselines.binary_connect import binarize_params, clip_latent
         tx = optax.chain(optax.adam(lr), clip_latent(1.0, mask=mask))
-        return OptimizerSpec(name, tx, Quantization(BINARY_LEVELS, q), lam, mask,
+        return OptimizerSpec(name, tx, Quantization(levels, q), lam, mask,
                              forward=lambda p: binarize_params(p, mask), finalize=finalize)
     # l0_hc: plain Adam on (θ, log α); the expected-ℓ0 penalty is added to the loss by the loop.
     hc = HardConcreteGates(mask=mask, lam=lam)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ def _plt():
     return plt
 
 
-def group_runs(runs: Sequence[dict], by_lam: bool = True) -> "OrderedDict[str, list[dict]]":
+def group_runs(runs: Sequence[dict], by_lam: bool = True) -> OrderedDict[str, list[dict]]:
     """Groups runs by ``label`` (and ``λ`` when several λ were run) — one group per method, seeds inside."""
     lams = {r["config"]["lam"] for r in runs}
     groups: OrderedDict[str, list[dict]] = OrderedDict()

@@ -9,7 +9,9 @@ torchao's PAT and jaxpruner, as a baseline.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -19,8 +21,10 @@ import optax
 from proxgen_jax._tree import MaskOrFn, path_str, resolve_mask, value_at
 from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive
 from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
-from proxgen_jax.regularizers.group_l12 import normalize_axes
-from proxgen_jax.solvers.budgets import budget_count, group_scores, nm_mask, top_k_mask, unit_gains
+from proxgen_jax.regularizers.group_l12 import GroupL12, normalize_axes
+from proxgen_jax.regularizers.group_mcp import GroupMCP
+from proxgen_jax.solvers.budgets import budget_count, group_gains, group_scores, nm_mask, unit_gains
+from proxgen_jax.solvers.selection import top_k_mask
 from proxgen_jax.transforms.engine import LeafProblem, prepare_step
 from proxgen_jax.transforms.proximal_step import decay_flags, hyperparams_at
 
@@ -33,23 +37,43 @@ class BudgetState(NamedTuple):
     count: chex.Array
 
 
+#: Group penalties whose groups can be the budget's units (the gain of a group comes from the group prox).
+GROUP_REGULARIZERS = (GroupL12, GroupMCP)
+
+
 class _LeafBudget(NamedTuple):
-    """What one leaf needs: its group axes (``()``: coordinates) and its own sparsity (``None``: global)."""
+    """What one leaf needs: its group axes (``()``: coordinates), its own sparsity (``None``: the common one)
+    and its penalty (a group penalty re-targeted to these groups, or the separable one, or ``None``)."""
 
     group_axes: tuple
     sparsity: Any
+    regularizer: Any
 
 
-def _check_regularizer(regularizer) -> None:
-    if regularizer is not None and not isinstance(regularizer, ElementwiseRegularizer):
-        raise ValueError("`regularizer` must be a separable (elementwise) proxgen_jax regularizer or None, got "
-                         f"{regularizer!r}: with a budget the exact step needs the per-coordinate prox.")
+def _check_regularizer(regularizer, *, groups: bool = False) -> None:
+    if regularizer is None or isinstance(regularizer, ElementwiseRegularizer):
+        return
+    if groups and isinstance(regularizer, GROUP_REGULARIZERS):
+        return
+    what = "a separable (elementwise) proxgen_jax regularizer" + (", GroupL12, GroupMCP" if groups else "")
+    raise ValueError(f"`regularizer` must be {what} or None, got {regularizer!r}: with a budget the exact step "
+                     "needs the prox of every unit on its own.")
 
 
 def _free_values(leaf: LeafProblem, regularizer, lam):
     """``(x, Δ)`` of every coordinate of one leaf (prox value if free, gain of keeping it free)."""
     z = leaf.centre()
     return unit_gains(regularizer, z, leaf.metric, leaf.alpha, jnp.asarray(lam, z.dtype))
+
+
+def _unit_values(leaf: LeafProblem, lam):
+    """``(x, Δ_unit)``: the prox value of every coordinate and the gain of every budget unit of one leaf."""
+    spec = leaf.spec
+    if isinstance(spec.regularizer, GROUP_REGULARIZERS):
+        z = leaf.centre()
+        return group_gains(spec.regularizer, z, leaf.metric, leaf.alpha, jnp.asarray(lam, z.dtype), spec.group_axes)
+    v = _free_values(leaf, spec.regularizer, lam)
+    return v._replace(gain=group_scores(v.gain, spec.group_axes))
 
 
 def prox_sparsity(
@@ -89,7 +113,10 @@ def prox_sparsity(
       scope: ``"leaf"`` (every leaf its own budget), ``"global"`` (one budget over all masked leaves' units:
         exact, the gains being in the same units), or a pytree / callable ``(path, leaf) -> s`` of per-leaf
         sparsities.
-      regularizer: an optional separable penalty ``r`` (ℓ1, ℓq, MCP, SCAD, quantisation...) added to the budget.
+      regularizer: an optional penalty added to the budget: separable (ℓ1, ℓq, MCP, SCAD, quantisation...; the
+        free units take its prox), or — with groups as units — a group penalty (:class:`~proxgen_jax.GroupL12`,
+        :class:`~proxgen_jax.regularizers.group_mcp.GroupMCP`) whose groups are set to the budget's
+        (``group_axes=None`` then takes the penalty's own): the gain of a group comes from the group prox.
       lam: ``λ ≥ 0`` of ``regularizer``.
       mask: which leaves get a budget (``None``: all); the others take the plain step.
       freeze_after: from this step on the zero pattern is frozen (zeros stay zero, the rest trains freely and
@@ -107,7 +134,8 @@ def prox_sparsity(
     check_positive("learning_rate", learning_rate)
     check_nonnegative("lam", lam)
     check_nonnegative("weight_decay", weight_decay)
-    _check_regularizer(regularizer)
+    _check_regularizer(regularizer, groups=True)
+    group_penalty = isinstance(regularizer, GROUP_REGULARIZERS)
     if isinstance(scope, str) and scope not in _SCOPES:
         raise ValueError(f"`scope` must be 'leaf', 'global', a pytree or a callable, got {scope!r}.")
     if freeze_after is not None and (not isinstance(freeze_after, int) or freeze_after < 0):
@@ -128,13 +156,18 @@ def prox_sparsity(
             if not on or (callable(group_axes) and axes is None) or (not isinstance(scope, str) and s is None):
                 out.append(None)
                 continue
+            reg = regularizer
             try:
-                norm = () if axes is None else normalize_axes(axes, jnp.ndim(leaf))
+                if group_penalty:
+                    norm = reg.axes_for(leaf) if axes is None else normalize_axes(axes, jnp.ndim(leaf))
+                    reg = dataclasses.replace(reg, group_axes=norm)
+                else:
+                    norm = () if axes is None else normalize_axes(axes, jnp.ndim(leaf))
             except ValueError as err:
                 raise ValueError(f"`group_axes` do not fit the leaf at {path_str(path)}: {err}") from err
             if s is not None:
                 check_in_range(f"sparsity of {path_str(path)}", s, 0.0, 1.0)
-            out.append(_LeafBudget(norm, s))
+            out.append(_LeafBudget(norm, s, reg))
         return out
 
     def init_fn(params):
@@ -148,9 +181,8 @@ def prox_sparsity(
                             hp.learning_rate, weight_decay=hp.weight_decay,
                             decay_flags=decay_flags(weight_decay_mask, params))
         s_t = value_at(sparsity, state.count)
-        solved = [None if leaf.spec is None else _free_values(leaf, regularizer, hp.lam) for leaf in step.leaves]
-        scores = [None if v is None else group_scores(v.gain, leaf.spec.group_axes)
-                  for leaf, v in zip(step.leaves, solved)]
+        solved = [None if leaf.spec is None else _unit_values(leaf, hp.lam) for leaf in step.leaves]
+        scores = [None if v is None else v.gain for v in solved]
         if scope == "global":
             flat = [s.reshape(-1) for s in scores if s is not None]
             n = sum(f.size for f in flat)

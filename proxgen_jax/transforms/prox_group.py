@@ -10,19 +10,20 @@ columns or filters become exactly zero. :func:`prox_group_mcp` does the same for
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.regularizers.base import Regularizer
 from proxgen_jax.regularizers.group_l12 import GroupL12, normalize_axes
 from proxgen_jax.regularizers.group_mcp import GroupMCP
-from proxgen_jax._tree import MaskOrFn
 from proxgen_jax.transforms.proximal_step import proximal_step
 
-GroupAxesOrFn = Union[int, Sequence[int], None, Callable[[Any, Any], Optional[Sequence[int]]]]
+GroupAxesOrFn = Union[int, Sequence[int], None, Callable[[Any, Any], Sequence[int] | None]]
 
 
 def output_unit_groups(path, leaf) -> tuple[int, ...] | None:

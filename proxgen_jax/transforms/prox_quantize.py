@@ -22,11 +22,17 @@ import optax
 
 from proxgen_jax._tree import MaskOrFn, path_str, resolve_mask
 from proxgen_jax._validation import check_in_range
+from proxgen_jax.regularizers.levels import uniform_levels
 from proxgen_jax.regularizers.quantization import Quantization
 from proxgen_jax.solvers.metric_operators import NOT_DIAGONAL, MetricOperator
-from proxgen_jax.solvers.scale_fit import fit_scale
+from proxgen_jax.solvers.scale_fit import fit_scale, init_scale, scale_axes
 from proxgen_jax.transforms.engine import prepare_step
-from proxgen_jax.transforms.proximal_step import check_step_args, decay_flags, hyperparams_at, proximal_step
+from proxgen_jax.transforms.proximal_step import (
+    check_step_args,
+    decay_flags,
+    hyperparams_at,
+    proximal_step,
+)
 
 _SCALES = (None, "tensor", "channel")
 LevelsOrFn = Any  # a sequence of levels, or a callable (path, leaf) -> levels | None
@@ -39,25 +45,43 @@ class LearnedScaleState(NamedTuple):
     scales: tuple
 
 
-def uniform_levels(bits: int) -> tuple[float, ...]:
-    """The symmetric ``bits``-bit grid with all ``2^bits`` codes used, largest level 1:
-    ``{(2i − 2^b + 1)/(2^b − 1)}``, e.g. 1 bit ``(−1, 1)``, 2 bits ``(−1, −⅓, ⅓, 1)``."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-        raise ValueError(f"`bits` must be an int in [1, 16], got {bits!r}.")
-    n = 2 ** bits
-    return tuple((2 * i - n + 1) / (n - 1) for i in range(n))
-
-
-def _levels_for(levels: LevelsOrFn, path, leaf):
+def _levels_for(levels: LevelsOrFn, path, leaf, q: float):
+    """The sorted base levels for one leaf (``None``: not quantised); bad levels name the leaf's path."""
     got = levels(path, leaf) if callable(levels) else levels
-    return None if got is None else tuple(sorted(float(v) for v in got))
+    if got is None:
+        return None
+    try:
+        return Quantization(tuple(got), q).levels
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`levels` for {path_str(path)}: {err}") from None
 
 
 def prox_quantize(levels: LevelsOrFn, q: float = 1.0, lam: optax.ScalarOrSchedule = 1e-4,
                   learning_rate: optax.ScalarOrSchedule = 1e-3, *, scale: str | None = None, channel_axis: int = -1,
                   mask: MaskOrFn = None, weight_decay: optax.ScalarOrSchedule = 0.0,
                   weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
-    r"""``λ·dist(θ, L)^q`` for a finite level set ``L`` (ternary, k-bit grids, ...), optionally with learned scales.
+    r"""``λ·dist(θ, L)^q`` for a finite level set ``L``, the levels fixed or ``s·L`` with a scale learned in the metric.
+
+    With ``scale=None`` this is :func:`~proxgen_jax.proximal_step` with ``Quantization(levels, q)``: the W-shaped
+    prox in ``C_t+δI`` (revised ProxQuant, Table 2). With ``scale="tensor"`` or ``"channel"`` the levels are
+    ``s·L``, one ``s ≥ 0`` per leaf or per slice along ``channel_axis``, refit at every step to the point the prox
+    is taken at, ``z = θ_t − α_t (C_t+δI)^{-1} m_t``, in the same metric:
+
+    .. math:: s_t = \operatorname{argmin}_{s} \sum_i (C_t+δ)_i\,(z_i - s\,ℓ_i)^2,\qquad
+              θ_{t+1} = \operatorname{prox}^{C_t+δI}_{α_t λ\, \operatorname{dist}(\cdot,\, s_t L)^q}(z),
+
+    exact for binary ``{−a, a}`` (``s = Σ c|z| / (aΣ c)``) and ternary ``{−a, 0, a}`` grids (a sorted scan), a
+    few weighted Lloyd iterations from the previous scale for other grids (never increasing the weighted
+    distance); see :mod:`proxgen_jax.solvers.scale_fit`. For ``q = 0`` and ``λ`` large enough every coordinate
+    lands exactly on ``s_t·ℓ``: the joint minimiser over ``(θ, s)``; for other ``q`` the fit and the prox are one
+    alternating step. The updates are nudged so that ``optax.apply_updates`` reproduces the landing bit for bit
+    wherever a float update can (always once ``θ_t`` is near its level; a first step from far away can miss by an
+    ulp of ``s_t·ℓ − θ_t``). After a plain ``optax.scale_by_adam()`` (no metric) the fit is ordinary least squares and
+    the prox Euclidean — torchao PARQ's rule, kept as the baseline. Leaves with fewer than two axes get one scale
+    per tensor under ``"channel"``. The state holds a step count and the scales
+    (:class:`LearnedScaleState`; read them with :func:`learned_scales`, snap with
+    ``pg.quantize(params, levels, scales=...)``); the first scales are fitted to the initial weights
+    (:func:`~proxgen_jax.solvers.scale_fit.init_scale`).
 
     Example:
       >>> import optax, proxgen_jax as pg
@@ -66,25 +90,35 @@ def prox_quantize(levels: LevelsOrFn, q: float = 1.0, lam: optax.ScalarOrSchedul
       ...                                   scale="channel", mask=pg.kernels_only))
 
     Args:
-      levels: the base levels ``L``, or a per-leaf callable ``(path, leaf) -> levels | None`` (bit widths per
-        leaf, e.g. ``lambda p, x: pg.uniform_levels(4 if x.ndim == 4 else 2)``).
+      levels: the base levels ``L`` (e.g. :func:`~proxgen_jax.uniform_levels`, ``pg.TERNARY_LEVELS``), or a
+        per-leaf callable ``(path, leaf) -> levels | None`` — bit widths per leaf, e.g.
+        ``lambda path, x: pg.uniform_levels(4 if x.shape[0] == 64 else 2)``; ``None`` leaves are not quantised.
       q: the exponent in ``[0, 1]``.
       lam: ``λ ≥ 0``, float or schedule.
       learning_rate: ``α_t > 0``, float or schedule.
-      scale: ``None`` (levels as given), ``"tensor"`` (one learned ``s`` per leaf) or ``"channel"`` (one per slice
-        along ``channel_axis``), refit in the metric at every step (exact for binary and ternary, Lloyd from the
-        previous scale otherwise); the scales are in the state (:class:`LearnedScaleState`).
-      channel_axis: the output-channel axis for ``scale="channel"`` (``-1``: Flax kernels' last axis).
-      mask: which leaves to quantise.
-      weight_decay, weight_decay_mask: decoupled weight decay, as in :func:`~proxgen_jax.proximal_step`.
+      scale: ``None`` (levels as given), ``"tensor"`` or ``"channel"`` (learned scales, see above).
+      channel_axis: the output-channel axis for ``scale="channel"`` (``-1``: the last axis of Flax kernels).
+      mask: which leaves to quantise (``None``: all; a pytree of bools; a callable such as ``pg.kernels_only``).
+      weight_decay, weight_decay_mask: decoupled weight decay ``θ ← θ(1 − α_t·wd)`` before the prox, as in
+        :func:`~proxgen_jax.proximal_step`.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
+
+    References:
+      Bai, Wang & Liberty, "ProxQuant: Quantized Neural Networks via Proximal Operators", ICLR 2019.
+      Yun, Lozano & Yang, "Adaptive Proximal Gradient Methods for Structured Neural Networks", NeurIPS 2021.
+      Jin et al., "PARQ: Piecewise-Affine Regularized Quantization" (torchao ``prototype/parq``), 2025.
     """
     check_in_range("q", q, 0.0, 1.0)
     if scale not in _SCALES:
         raise ValueError(f"`scale` must be None, 'tensor' or 'channel', got {scale!r}.")
+    if scale is not None and (not isinstance(channel_axis, int) or isinstance(channel_axis, bool)):
+        raise ValueError(f"`channel_axis` must be an int, got {channel_axis!r}.")  # noqa: TRY004  (house rule)
     if not callable(levels):
         Quantization(tuple(levels), q)  # validates the levels
     if scale is None:
-        regularizer = (lambda path, leaf: None if (lv := _levels_for(levels, path, leaf)) is None
+        regularizer = (lambda path, leaf: None if (lv := _levels_for(levels, path, leaf, q)) is None
                        else Quantization(lv, q)) if callable(levels) else Quantization(tuple(levels), q)
         return proximal_step(regularizer, lam, learning_rate, mask=mask, weight_decay=weight_decay,
                              weight_decay_mask=weight_decay_mask)
@@ -94,16 +128,16 @@ def prox_quantize(levels: LevelsOrFn, q: float = 1.0, lam: optax.ScalarOrSchedul
         flags = resolve_mask(mask, params)
         out = []
         for (path, leaf), on in zip(jax.tree_util.tree_flatten_with_path(params)[0], flags):
-            lv = _levels_for(levels, path, leaf) if on else None
+            lv = _levels_for(levels, path, leaf, q) if on else None
             if lv is None:
                 out.append(None)
                 continue
             if max(abs(v) for v in lv) == 0:
                 raise ValueError(f"`levels` for {path_str(path)} are all zero; a scale needs a nonzero level.")
             nd = jnp.ndim(leaf)
-            if scale == "channel" and not -nd <= channel_axis < nd:
+            if scale == "channel" and nd >= 2 and not -nd <= channel_axis < nd:
                 raise ValueError(f"`channel_axis`={channel_axis} does not fit the leaf at {path_str(path)}.")
-            axes = tuple(range(nd)) if scale == "tensor" else tuple(i for i in range(nd) if i != channel_axis % nd)
+            axes = scale_axes(nd, scale, channel_axis)
             out.append((lv, axes))
         return out
 
@@ -115,9 +149,8 @@ def prox_quantize(levels: LevelsOrFn, q: float = 1.0, lam: optax.ScalarOrSchedul
                 scales.append(None)
                 continue
             lv, axes = spec
-            x = jnp.asarray(leaf).astype(jnp.promote_types(jnp.asarray(leaf).dtype, jnp.float32))
-            s0 = jnp.max(jnp.abs(x), axis=axes, keepdims=True) / max(abs(v) for v in lv)
-            scales.append(fit_scale(x, jnp.ones([], x.dtype), s0, lv, axes))
+            x = jnp.asarray(leaf)
+            scales.append(init_scale(x.astype(jnp.promote_types(x.dtype, jnp.float32)), lv, axes))
         return LearnedScaleState(jnp.zeros([], jnp.int32), tuple(scales))
 
     def update_fn(updates, state, params=None):
@@ -139,7 +172,7 @@ def prox_quantize(levels: LevelsOrFn, q: float = 1.0, lam: optax.ScalarOrSchedul
             s = fit_scale(z, c, s_prev.astype(z.dtype), lv, axes)
             xs.append(scaled_prox(Quantization(lv, q), z, leaf.alpha / c, jnp.asarray(hp.lam, z.dtype), s, q))
             scales.append(s.astype(s_prev.dtype))
-        return step.updates(xs), LearnedScaleState(optax.safe_increment(state.count), tuple(scales))
+        return landing_updates(step, xs), LearnedScaleState(optax.safe_increment(state.count), tuple(scales))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -152,6 +185,24 @@ def scaled_prox(base: Quantization, z, step, lam, s, q: float):
     s_safe = jnp.where(pos, s, jnp.ones_like(s))
     y = base.prox(z / s_safe, step, lam * s_safe ** (q - 2.0))
     return jnp.where(pos, s_safe * y, z)
+
+
+def landing_updates(step, xs) -> Any:
+    """``step.updates(xs)`` with each solved leaf's update nudged (≤ 2 ulps) so that ``θ_t + u``, as
+    ``optax.apply_updates`` rounds it, equals ``x`` cast to the params' dtype — a weight the prox put on ``s·ℓ``
+    stays exactly there (``fl(θ + fl(x − θ))`` can miss ``x`` by an ulp). Where no such ``u`` exists
+    (``|x| ≪ |θ_t|``) the nearest one is kept."""
+    ups = step.treedef.flatten_up_to(step.updates(xs))
+    out = []
+    for p, u, x in zip(step.params, ups, xs):
+        if x is not None:
+            target = x.astype(p.dtype)
+            down, up = jnp.asarray(-jnp.inf, p.dtype), jnp.asarray(jnp.inf, p.dtype)
+            for _ in range(2):
+                u = jnp.where(p + u > target, jnp.nextafter(u, down), u)
+                u = jnp.where(p + u < target, jnp.nextafter(u, up), u)
+        out.append(u)
+    return jax.tree.unflatten(step.treedef, out)
 
 
 def learned_scales(opt_state: Any) -> tuple:

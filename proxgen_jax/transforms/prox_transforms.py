@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import optax
 
-from proxgen_jax.regularizers import MCP, SCAD, L0, L1, Quantization, lq
 from proxgen_jax._tree import MaskOrFn
+from proxgen_jax.regularizers import L0, L1, MCP, SCAD, Quantization, lq
 from proxgen_jax.transforms.proximal_step import proximal_step
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -12,8 +13,8 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive, concrete_float
 from proxgen_jax._tree import MaskOrFn
+from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive, concrete_float
 from proxgen_jax.regularizers.base import Regularizer, RegularizerOrFn, resolve_regularizers
 from proxgen_jax.transforms.engine import closed_form, prepare_step
 from proxgen_jax.transforms.proximal_step import decay_flags, hyperparams_at

@@ -19,9 +19,10 @@ import sys  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-import toy  # noqa: E402  (tests/scripts is on sys.path: it is this script's directory)
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import toy  # noqa: E402  (tests/scripts is on sys.path: it is this script's directory)
 
 N = 8
 COLLECTIVES = re.compile(r"\b(all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all)\b")

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from proxgen_jax.preconditioners.adam import scale_by_adam_precond
 from proxgen_jax._tree import kernels_only
+from proxgen_jax.preconditioners.adam import scale_by_adam_precond
 from proxgen_jax.transforms.prox_transforms import prox_lq
 
 D_IN, D_HIDDEN, D_OUT = 16, 32, 8
