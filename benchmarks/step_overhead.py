@@ -34,6 +34,7 @@ import optax
 import proxgen_jax as pg
 
 REGIMES = ("donated", "plain")
+CONTROL = "optax.adam (A/A)"
 QUICK_ROWS = ("l1", "l1/2", "group-l12")  # --quick without --only: a smoke test of every code path
 COMPILE_TARGET = 2.0
 
@@ -301,6 +302,8 @@ def main(argv=None):
     n = sum(x.size for x in jax.tree.leaves(params))
     only = set(args.only.split(",")) if args.only else (set(QUICK_ROWS) if args.quick else None)
     rows = [row for row in regularizer_rows() if only is None or row[0] in only]
+    if not args.quick and only is None:  # an A/A row: optax.adam against itself shows this run's noise
+        rows.insert(0, (CONTROL, None, {"donated": 1.05, "plain": 1.05}))
     print(f"ResNet-34-shaped tree: {n / 1e6:.2f}M float32 params, backend {jax.default_backend()}, "
           f"{os.cpu_count()} CPUs; median of {rounds} rounds x {reps} calls; regimes {', '.join(regimes)}", flush=True)
     rows = measure_rows(params, grads, rows, rounds=rounds, reps=reps, regimes=regimes,

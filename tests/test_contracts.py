@@ -48,14 +48,15 @@ HUGE_LAM = 1e3
 
 
 # ----------------------------------------------------------------------------------------------- the problem
-def problem(dtype=jnp.float32):
+def problem(dtype=jnp.float32, kernel=(6, 4)):
     """Least squares ``‖x W + b − y‖²`` with a sparse teacher; 24 rows (3 micro-batches of 8)."""
     rng = np.random.default_rng(3)
-    params = {"dense": {"kernel": jnp.asarray(0.5 * rng.standard_normal((6, 4)), dtype),
-                        "bias": jnp.asarray(0.1 * rng.standard_normal(4), dtype)}}
-    w = rng.standard_normal((6, 4)) * (rng.random((6, 4)) < 0.4)
-    x = rng.standard_normal((24, 6))
-    y = x @ w + 0.05 * rng.standard_normal((24, 4))
+    d_in, d_out = kernel
+    params = {"dense": {"kernel": jnp.asarray(0.5 * rng.standard_normal(kernel), dtype),
+                        "bias": jnp.asarray(0.1 * rng.standard_normal(d_out), dtype)}}
+    w = rng.standard_normal(kernel) * (rng.random(kernel) < 0.4)
+    x = rng.standard_normal((24, d_in))
+    y = x @ w + 0.05 * rng.standard_normal((24, d_out))
     return params, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
 
 
@@ -94,6 +95,7 @@ class Case:
       extra: ``(params, x, y) -> dict`` of extra ``update`` keyword arguments (KFAC statistics).
       huge_lam: a ``λ`` that forces every regularised coordinate to ``limit`` in one step.
       tol: ``(rtol, atol)`` between two programs computing the same step (``multisteps``, ``vmap``).
+      kernel: the shape of the problem's kernel.
       extra_scalars: names of the scalar state fields kept beyond the optax twin's (``state`` contract).
     """
 
@@ -114,6 +116,7 @@ class Case:
     extra: Callable[..., dict] | None = None
     huge_lam: float = HUGE_LAM
     tol: tuple[float, float] = (1e-6, 1e-7)
+    kernel: tuple[int, int] = (6, 4)
     extra_scalars: tuple[str, ...] = ()
 
 
@@ -125,6 +128,10 @@ PROX_ERRORS = (({"lam": -1.0}, "lam"), ({"lam": float("nan")}, "lam"), ({"learni
                ({"learning_rate": -1e-3}, "learning_rate"))
 # Integer options of the inner metric solver choose code paths (loop lengths, sizes): static under inject_hyperparams.
 METRIC_INTS = ("inner_steps", "polish_max_size", "polish_sweeps", "search_max_size")
+# The coordinate-descent polish and the support search (tested in test_prox_metric.py) triple the compile time of a
+# metric step on these small leaves; the contracts do not depend on them. proxgen_kfac has no switch: its kernel is
+# made larger than POLISH_MAX_SIZE = 64 and its bias is not regularised.
+NO_POLISH = dict(polish_max_size=0, search_max_size=0)
 # Two XLA programs computing one metric step (jit vs vmap, MultiSteps vs plain) differ after the float32 eigh and
 # the inner solver by up to 6e-4 relative, 1e-3 absolute (measured, 3 steps); the diagonal cases agree to 1e-6.
 METRIC_TOL = (2e-3, 2e-3)
@@ -174,7 +181,8 @@ CASES = [
     # From test_sweeps: a per-leaf regularizer is a callable, not a schedule: static.
     Case("proximal_step_per_leaf", pg.proximal_step, dict(regularizer=per_leaf_lq, lam=0.03, learning_rate=LR),
          after_adam, static=("regularizer",), unstatic_error=TypeError, regularised=("kernel",)),
-    Case("proximal_step_metric_adam", pg.proximal_step_metric, dict(regularizer=pg.L1(), lam=0.1, learning_rate=LR),
+    Case("proximal_step_metric_adam", pg.proximal_step_metric,
+         dict(regularizer=pg.L1(), lam=0.1, learning_rate=LR, **NO_POLISH),
          after_adam, static=METRIC_INTS, unstatic_error=ValueError, extra_scalars=("count", "inner_iterations"),
          invalid=PROX_ERRORS + (
              ({"inner_steps": 0}, "inner_steps"), ({"warm_start": "zeros"}, "warm_start"), ({"tol": -1.0}, "tol"),
@@ -182,11 +190,12 @@ CASES = [
              ({"search_max_size": 21}, "search_max_size"))),
     # Full-matrix and KFAC metrics are dense or Kronecker: no optax twin with the same state.
     Case("proximal_step_metric_full_matrix", pg.proximal_step_metric,
-         dict(regularizer=pg.L1(), lam=0.3, learning_rate=LR),
+         dict(regularizer=pg.L1(), lam=0.3, learning_rate=LR, **NO_POLISH),
          lambda tx: optax.chain(pg.scale_by_full_matrix_precond(b2=0.99, eps=0.1), tx), contracts=ALL - {"state"},
          static=METRIC_INTS, unstatic_error=ValueError, tol=METRIC_TOL),
     # KFAC's metric is ~100x larger on this problem (G = E[δδᵀ]): λ and the huge λ scale with it.
-    Case("proximal_step_metric_kfac", pg.proximal_step_metric, dict(regularizer=pg.L1(), lam=100.0, learning_rate=LR),
+    Case("proximal_step_metric_kfac", pg.proximal_step_metric,
+         dict(regularizer=pg.L1(), lam=100.0, learning_rate=LR, **NO_POLISH),
          lambda tx: optax.chain(pg.scale_by_kfac_precond(damping=1e-2, update_every=1, warmup=0), tx),
          contracts=ALL - {"state"}, extra=kfac_stats, huge_lam=1e5, static=METRIC_INTS, unstatic_error=ValueError,
          tol=METRIC_TOL),
@@ -217,8 +226,9 @@ CASES = [
     Case("proxgen_sgd", pg.proxgen_sgd, dict(learning_rate=LR, regularizer=pg.L1(), lam=1.0),
          state_like=lambda: optax.sgd(LR, momentum=0.9), invalid=(({"momentum": 1.0}, "momentum"),)),
     Case("proxgen_kfac", pg.proxgen_kfac, dict(learning_rate=LR, regularizer=pg.L1(), lam=100.0, update_every=1,
-                                               damping=1e-2),
-         contracts=ALL - {"state"}, extra=kfac_stats, huge_lam=1e5, static=("update_every", "inner_steps", "momentum"),
+                                               damping=1e-2, mask=pg.kernels_only), kernel=(12, 8),
+         regularised=("kernel",),
+         contracts=ALL - {"state"}, extra=kfac_stats, huge_lam=1e5, static=("update_every", "inner_steps", "momentum", "mask"),
          unstatic_error=(ValueError, TracerBool), tol=METRIC_TOL,
          invalid=(({"momentum": 1.0}, "momentum"), ({"decay": -0.1}, "decay"), ({"damping": 0.0}, "damping"),
                   ({"update_every": 0}, "update_every"), ({"inner_steps": 0}, "inner_steps"))),
@@ -326,7 +336,7 @@ def schedule_for(name: str, value):
 # ----------------------------------------------------------------------------------------------- contracts
 @pytest.mark.parametrize("case", cases("jit"))
 def test_jit_compiles_once_with_scheduled_hyperparameters(case):
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     tx = build(case, **{k: schedule_for(k, case.kwargs[k]) for k in case.schedules})
     traces = []
 
@@ -350,7 +360,7 @@ def test_jit_compiles_once_with_scheduled_hyperparameters(case):
 
 @pytest.mark.parametrize("case", cases("inject"))
 def test_inject_hyperparams_equals_plain_factory_and_changes_take_effect(case):
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     g, e = grad_and_extras(case, params, x, y)
     injected = case.wrap(optax.inject_hyperparams(case.factory, static_args=case.static)(**case.kwargs))
     plain = build(case)
@@ -398,7 +408,7 @@ def test_inject_hyperparams_equals_plain_factory_and_changes_take_effect(case):
 
 @pytest.mark.parametrize("case", cases("multisteps"))
 def test_multisteps_equals_one_step_on_the_mean_gradient(case):
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     k = 3
     micro = [grad_and_extras(case, params, x[i::k], y[i::k]) for i in range(k)]
     tx = build(case)
@@ -423,7 +433,7 @@ def test_multisteps_equals_one_step_on_the_mean_gradient(case):
 @pytest.mark.parametrize("case", cases("finite"))
 def test_nan_gradient_gives_nan_params_never_zeros(case):
     """At the case's λ and at a λ that would zero (or quantise) every coordinate of a finite input."""
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     nan = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), params)
     for overrides in [{}] + ([{case.lam: case.huge_lam}] if case.lam else []):
         tx = build(case, **overrides)
@@ -435,7 +445,7 @@ def test_nan_gradient_gives_nan_params_never_zeros(case):
 
 @pytest.mark.parametrize("case", cases("finite"))
 def test_apply_if_finite_skips_nan_step_and_keeps_trajectory(case):
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     tx = build(case)
     guarded = optax.apply_if_finite(tx, max_consecutive_errors=3)
     update = jax.jit(lambda g, s, p, e: guarded.update(g, s, p, **e))
@@ -462,7 +472,7 @@ def test_apply_if_finite_skips_nan_step_and_keeps_trajectory(case):
 
 @pytest.mark.parametrize("case", cases("bf16"))
 def test_bfloat16_params_stay_bfloat16(case):
-    params, x, y = problem(jnp.bfloat16)
+    params, x, y = problem(jnp.bfloat16, case.kernel)
     tx = build(case)
     state = tx.init(params)
     dtypes = jax.tree.map(lambda a: a.dtype, state)
@@ -489,7 +499,7 @@ def test_bfloat16_params_stay_bfloat16(case):
 
 @pytest.mark.parametrize("case", cases("vmap", lambda c: c.lam is not None))
 def test_vmap_over_lambda_equals_unbatched_runs(case):
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     lam = case.kwargs[case.lam]
     lams = jnp.asarray([0.0, 0.3 * lam, lam, 3.0 * lam], jnp.float32)
     # A fixed sequence of gradients (and KFAC statistics), so that the runs differ only through λ.
@@ -517,7 +527,7 @@ def test_vmap_over_lambda_equals_unbatched_runs(case):
 
 @pytest.mark.parametrize("case", cases("state", lambda c: c.state_like is not None))
 def test_state_has_the_leaves_and_bytes_of_its_optax_twin(case):
-    params, _, _ = problem()
+    params, _, _ = problem(kernel=case.kernel)
     ours, twin = build(case).init(params), case.state_like().init(params)
 
     def leaves(state):
@@ -541,7 +551,7 @@ def test_state_has_the_leaves_and_bytes_of_its_optax_twin(case):
 
 @pytest.mark.parametrize("case", cases("params"))
 def test_update_without_params_is_a_clear_error(case):
-    params, x, y = problem()
+    params, x, y = problem(kernel=case.kernel)
     tx = build(case)
     with pytest.raises(ValueError, match="params"):
         tx.update(params, tx.init(params), **extras(case, params, x, y))

@@ -74,6 +74,17 @@ class Graph:
         return {v: k for k, e in enumerate(self.eqns) for v in e.outs}
 
 
+PASS_THROUGH = {"reshape", "convert_element_type", "broadcast_in_dim", "squeeze", "transpose"}
+
+
+def layer_of(g: Graph, v: int, prod: dict[int, int]) -> str | None:
+    """The layer (module path) whose state leaf ``v`` is, through reshapes, casts and broadcasts; else ``None``."""
+    owner = {i: "/".join(map(str, p[:-1])) or "(root)" for i, p in zip(g.leaf_ids, g.leaf_paths)}
+    while v not in owner and v in prod and g.eqns[prod[v]].prim.name in PASS_THROUGH:
+        v = g.eqns[prod[v]].ins[0]
+    return owner.get(v)
+
+
 def _where(eqn) -> str:
     try:
         from jax._src import source_info_util

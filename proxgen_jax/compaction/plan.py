@@ -35,7 +35,7 @@ import dataclasses
 import numpy as np
 
 from proxgen_jax.compaction.deps import dependence, known_zero
-from proxgen_jax.compaction.graph import CompactionError, Graph, evaluate, split_eval, trace_module
+from proxgen_jax.compaction.graph import CompactionError, Graph, evaluate, layer_of, split_eval, trace_module
 from proxgen_jax.compaction.ties import Contraction, Ties, build_ties
 
 _CHAIN = {"reshape", "broadcast_in_dim", "convert_element_type", "squeeze"}
@@ -130,8 +130,11 @@ def _row_mask(shape: tuple[int, ...], axis: int, rows: np.ndarray) -> np.ndarray
 def _judge(g: Graph, ts: Ties, vals: dict, dep: dict, targets: dict) -> dict[int, str]:
     """``node → reason`` for every channel that some contraction needs (see the module docstring)."""
     bad: dict[int, str] = {}
+    prod = g.producer()
     for c in ts.contractions:
         e = g.eqns[c.eqn]
+        layer = layer_of(g, c.rhs, prod) or layer_of(g, c.lhs, prod)
+        where = f"`{e.prim.name}`" + (f" of layer {layer}" if layer else f" {e.describe()}")
         dl, dr = dep[c.lhs], dep[c.rhs]
         zl, zr = known_zero(dl, vals[c.lhs]), known_zero(dr, vals[c.rhs])
         target = targets.get(c.eqn)
@@ -149,7 +152,7 @@ def _judge(g: Graph, ts: Ties, vals: dict, dep: dict, targets: dict) -> dict[int
                     if _per_id(target.ids, term, int(np.prod(g.shapes[g.leaf_ids[target.leaf]])))[1]:
                         continue
                 reason = ("live" if not const[i] else
-                          f"nonzero constant not foldable through {e.describe()}" +
+                          f"nonzero constant not foldable through {where}" +
                           (" (no bias after it)" if target is None else " (padding)"))
                 for n in mat[i]:
                     bad.setdefault(ts.find_node(int(n)), reason)

@@ -23,10 +23,9 @@ import numpy as np
 from flax import nnx
 
 from proxgen_jax.compaction.compact import apply_plan, as_args, compact_args, verify
-from proxgen_jax.compaction.graph import Graph, trace_module
+from proxgen_jax.compaction.graph import Graph, layer_of, trace_module
 from proxgen_jax.compaction.plan import make_plan
 
-_PASS = {"reshape", "convert_element_type", "broadcast_in_dim", "squeeze", "transpose"}
 ACTIVATIONS = "(activations)"
 
 
@@ -37,12 +36,9 @@ def _module(path: tuple) -> str:
 def layer_flops(g: Graph, batch: int = 1) -> dict[str, int]:
     """FLOPs per example of every contraction, summed per layer (see the module docstring)."""
     prod = g.producer()
-    owner = {v: _module(p) for v, p in zip(g.leaf_ids, g.leaf_paths)}
 
     def source(v: int) -> str | None:
-        while v not in owner and v in prod and g.eqns[prod[v]].prim.name in _PASS:
-            v = g.eqns[prod[v]].ins[0]
-        return owner.get(v)
+        return layer_of(g, v, prod)
 
     out: dict[str, int] = {}
     for e in g.eqns:

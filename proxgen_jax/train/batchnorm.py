@@ -96,6 +96,6 @@ def reestimate_batch_stats(chunk_stats, params: Any, rest: Any, x: np.ndarray, c
     for i in range(0, n, int(chunk)):
         xb = jnp.asarray(x[i:i + int(chunk)])
         w = xb.shape[0] / n
-        st = jax.tree.map(lambda a: w * a, chunk_stats(params, rest, xb))
+        st = jax.tree.map(lambda a, w=w: w * a, chunk_stats(params, rest, xb))
         total = st if total is None else jax.tree.map(jnp.add, total, st)
     return rest if total is None else total
