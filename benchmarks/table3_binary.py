@@ -114,12 +114,12 @@ def _plot(rows, runs, path, title, freeze):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for r in rows:
+    for i, r in enumerate(rows):
         rs = [h for h in runs if h["label"] == r["method"]]
         x = rs[0]["epoch"]
-        axes[1].plot(x, 100 * np.mean([h["test_acc"] for h in rs], 0), label=r["method"])
-        if r["optimizer"] != "adam":
-            axes[0].plot(x, 100 * np.mean([h["quantized_fraction"] for h in rs], 0), label=r["method"])
+        axes[1].plot(x, 100 * np.mean([h["test_acc"] for h in rs], 0), label=r["method"], color=f"C{i}")
+        if r["optimizer"] not in ("adam", "revised_proxquant_channel"):  # scaled levels: not ±1 before rounding
+            axes[0].plot(x, 100 * np.mean([h["quantized_fraction"] for h in rs], 0), color=f"C{i}")
     for ax, yl in zip(axes[:2], ["% binarised weights exactly on ±1", "test accuracy % (hard ±1, current BN)"]):
         ax.axvline(freeze + 0.5, color="k", lw=0.8, ls=":")
         ax.set_xlabel("epoch (dotted: hard quantisation + freeze)")
@@ -137,6 +137,25 @@ def _plot(rows, runs, path, title, freeze):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _table(rows) -> str:
+    """The markdown table of :func:`main`'s rows."""
+    lines = ["| method | λ_rate /epoch (selected) | test error % | on ±1 before rounding | "
+             "acc. % at freeze: unrounded / rounded / BN re-estimated | acc. % after fine-tune |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        err = f"{r['test_error_mean']:.2f} ± {r['test_error_std']:.2f}"
+        if r["optimizer"] == "adam":
+            lines.append(f"| {r['method']} | — | {err} | — | — | {100 - r['test_error_mean']:.1f} |")
+            continue
+        lam = "—" if r["optimizer"] == "binary_connect" else f"{r['lam_rate']:g}"
+        on = {"binary_connect": "— (binary forward)", "revised_proxquant_channel": "n/a (scaled levels)"}.get(
+            r["optimizer"], f"{100 * r['quantized_fraction']:.0f} %")
+        accs = " / ".join(f"{100 * r[k]:.1f}" for k in ("test_acc_latent", "test_acc_train_stats",
+                                                        "test_acc_bn_reestimated"))
+        lines.append(f"| {r['method']} | {lam} | {err} | {on} | {accs} | {100 - r['test_error_mean']:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -206,23 +225,7 @@ def main(argv=None):
                 (e for e, f in zip(r["epoch"], r["quantized_fraction"]) if f >= 0.999 and e <= freeze), float("nan")))
         rows.append(row)
 
-    lines = ["| method | λ_rate /epoch (selected) | test error % | on ±1 at freeze | all on ±1 from epoch | "
-             "acc. at freeze: unrounded / rounded / BN re-estimated | after fine-tune |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["optimizer"] == "adam":
-            err = f"{r['test_error_mean']:.2f} ± {r['test_error_std']:.2f}"
-            lines.append(f"| {r['method']} | — | {err} | — | — | — | — |")
-            continue
-        lam = "—" if r["optimizer"] == "binary_connect" else f"{r['lam_rate']:g}"
-        on = "n/a (scaled levels)" if r["optimizer"].endswith("channel") else f"{100 * r['quantized_fraction']:.0f} %"
-        first = "—" if np.isnan(r["first_epoch_all_on_level"]) or r["optimizer"].endswith("channel") \
-            else f"{r['first_epoch_all_on_level']:.0f}"
-        accs = " / ".join(f"{100 * r[k]:.1f}" for k in ("test_acc_latent", "test_acc_train_stats",
-                                                        "test_acc_bn_reestimated"))
-        lines.append(f"| {r['method']} | {lam} | {r['test_error_mean']:.2f} ± {r['test_error_std']:.2f} | {on} | "
-                     f"{first} | {accs} | {100 - r['test_error_mean']:.1f} |")
-    table = "\n".join(lines)
+    table = _table(rows)
     wall = time.perf_counter() - t0
     with open(os.path.join(args.out, "table3.json"), "w") as f:
         json.dump({"epochs": epochs, "freeze_epoch": freeze, "channels": list(channels), "seeds": seeds, "lr": LR,

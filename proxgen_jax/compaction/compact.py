@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from proxgen_jax.compaction.graph import CompactionError, split_eval, trace_module
+from proxgen_jax.compaction.graph import CompactionError, evaluate, split_eval, trace_module
 from proxgen_jax.compaction.plan import Plan, make_plan
 
 
@@ -106,8 +106,9 @@ def verify(model: nnx.Module, small: nnx.Module, plan: Plan, args: tuple, rtol: 
                     f"the forward pass computes a constant from an array shape: {e0.describe()} uses "
                     f"{np.asarray(c0)!r}, the compacted model {np.asarray(c1)!r}. Such channels cannot be "
                     "removed; compute the constant from a fixed attribute instead.")
-    vals0 = [np.asarray(v, np.float64) for v in jax.tree.leaves(_eval_outputs(model, args))]
-    vals1 = [np.asarray(v, np.float64) for v in jax.tree.leaves(_eval_outputs(small, compact_args(plan, args)))]
+    vals = evaluate(g1, split_eval(small)[3], compact_args(plan, args))
+    vals0 = [np.asarray(v, np.float64) for v in plan.outputs]
+    vals1 = [np.asarray(vals[o], np.float64) for o in g1.output_ids]
     err = 0.0
     for a, b in zip(vals0, vals1):
         scale = max(float(np.max(np.abs(a))) if a.size else 0.0, 1e-30)
@@ -115,11 +116,6 @@ def verify(model: nnx.Module, small: nnx.Module, plan: Plan, args: tuple, rtol: 
     if err > rtol:
         raise CompactionError(f"the compacted model's outputs differ by {err:.3g} (relative) from the original")
     return err
-
-
-def _eval_outputs(model: nnx.Module, args: tuple):
-    graphdef, state = split_eval(model)[:2]
-    return nnx.merge(graphdef, state)(*args)
 
 
 def compact(model: nnx.Module, example_input: Any, *, prune_inputs: bool = False, unknown: str = "raise",

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from proxgen_jax.compaction.graph import Eqn, Graph
@@ -51,69 +52,86 @@ SUBSTITUTE = {"reduce_min": "reduce_max", "reduce_prod": "reduce_max", "reduce_a
 CONTRACTIONS = {"dot_general", "conv_general_dilated"}
 
 
-def _f32(a) -> np.ndarray:
-    return np.asarray(a, np.float32)
+def _f32(a):
+    return jnp.asarray(a, jnp.float32)
 
 
-def known_zero(dep: np.ndarray, value) -> np.ndarray:
+def known_zero(dep, value):
     """Entries that are 0 for every input: input-independent and exactly 0 in the reference pass."""
-    try:
-        v = np.asarray(value)
-        return np.logical_and(~dep, v == 0)
-    except (TypeError, ValueError):
-        return np.zeros(dep.shape, bool)
+    if value is None or not _numeric(value):
+        return jnp.zeros(jnp.shape(dep), bool) if isinstance(dep, jax.Array) else np.zeros(np.shape(dep), bool)
+    xp = jnp if isinstance(dep, jax.Array) or isinstance(value, jax.Array) else np
+    return xp.logical_and(xp.logical_not(dep), value == 0)
 
 
-def _bind_structural(e: Eqn, name: str, operands: list[np.ndarray]) -> np.ndarray:
+def _numeric(v) -> bool:
+    dt = getattr(v, "dtype", None)
+    return dt is None or not jax.dtypes.issubdtype(dt, jax.dtypes.prng_key)
+
+
+def _bind_structural(e: Eqn, name: str, operands: list):
     params = dict(e.params)
     if name in ("argmax", "argmin"):
-        return np.any(operands[0], axis=tuple(params["axes"]))
-    prim = e.prim
-    if name in SUBSTITUTE:
-        prim = getattr(jax.lax, SUBSTITUTE[name] + "_p")
-    out = prim.bind(*[_f32(o) for o in operands], **params)
-    return np.asarray(out) > 0
+        return jnp.any(operands[0], axis=tuple(params["axes"]))
+    prim = getattr(jax.lax, SUBSTITUTE[name] + "_p") if name in SUBSTITUTE else e.prim
+    return prim.bind(*[_f32(o) for o in operands], **params) > 0
 
 
-def _contraction(e: Eqn, dl, dr, zl, zr) -> np.ndarray:
+def _contraction(e: Eqn, dl, dr, zl, zr):
     params = dict(e.params)
     params["preferred_element_type"] = np.float32
     a = e.prim.bind(_f32(dl), _f32(~zr), **params)
     b = e.prim.bind(_f32(~zl), _f32(dr), **params)
-    return (np.asarray(a) + np.asarray(b)) > 0
+    return (a + b) > 0
 
 
-def dependence(g: Graph, vals: dict) -> dict[int, np.ndarray]:
-    """``var → bool array``: entries that may depend on the model input (see the module docstring)."""
-    dep: dict[int, np.ndarray] = {}
-    for i in list(g.consts) + list(g.leaf_ids):
-        dep[i] = np.zeros(g.shapes[i], bool)
-    for i in g.input_ids:
-        dep[i] = np.ones(g.shapes[i], bool)
+def _rules(g: Graph, live: dict[int, bool], vals: dict) -> dict:
+    """The dependence arrays as JAX values (traced once under ``jit``); ``live``: may the var depend at all."""
+    dep: dict = {}
+
+    def get(i):
+        if i not in dep:
+            dep[i] = jnp.full(g.shapes[i], bool(live[i]))
+        return dep[i]
+
     for e in g.eqns:
-        ins = [dep[i] for i in e.ins]
         name = e.prim.name
-        if not any(d.any() for d in ins):
-            for o in e.outs:
-                dep[o] = np.zeros(g.shapes[o], bool)
+        if not any(live[i] for i in e.ins):
             continue
+        ins = [get(i) for i in e.ins]
         if name in ELEMENTWISE and len(e.outs) == 1:
             shape = g.shapes[e.outs[0]]
             if name == "mul":
-                z = [np.broadcast_to(known_zero(d, vals.get(i)), shape) for d, i in zip(ins, e.ins)]
-                d = [np.broadcast_to(x, shape) for x in ins]
+                z = [jnp.broadcast_to(known_zero(d, vals.get(i)), shape) for d, i in zip(ins, e.ins)]
+                d = [jnp.broadcast_to(x, shape) for x in ins]
                 out = (d[0] & ~z[1]) | (d[1] & ~z[0])
             else:
-                out = np.zeros(shape, bool)
+                out = jnp.zeros(shape, bool)
                 for d in ins:
-                    out = out | np.broadcast_to(d, shape)
-            dep[e.outs[0]] = np.array(out)
+                    out = out | jnp.broadcast_to(d, shape)
+            dep[e.outs[0]] = out
         elif (name in STRUCTURAL or name in SUBSTITUTE) and len(e.outs) == 1:
             dep[e.outs[0]] = _bind_structural(e, name, ins)
         elif name in CONTRACTIONS:
             zl, zr = (known_zero(d, vals.get(i)) for d, i in zip(ins, e.ins))
             dep[e.outs[0]] = _contraction(e, ins[0], ins[1], zl, zr)
-        else:  # unknown: dependent everywhere as soon as one operand is
-            for o in e.outs:
-                dep[o] = np.ones(g.shapes[o], bool)
-    return dep
+    return {i: d for i, d in dep.items() if live[i]}
+
+
+def dependence(g: Graph, vals: dict) -> dict[int, np.ndarray]:
+    """``var → bool array``: entries that may depend on the model input (see the module docstring)."""
+    live = {i: False for i in g.shapes}
+    for i in g.input_ids:
+        live[i] = True
+    for e in g.eqns:
+        flag = any(live[i] for i in e.ins)
+        for o in e.outs:
+            live[o] = flag
+    needed = {i for e in g.eqns if e.prim.name in CONTRACTIONS or e.prim.name == "mul" for i in e.ins
+              if i in vals and _numeric(vals[i])}
+    run = jax.jit(lambda v: _rules(g, live, v))
+    out = {i: np.asarray(d) for i, d in run({i: vals[i] for i in needed}).items()}
+    for i in g.shapes:
+        if i not in out:
+            out[i] = np.full(g.shapes[i], live[i])
+    return out

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from proxgen_jax.compaction.deps import dependence, known_zero
@@ -63,6 +64,7 @@ class Plan:
       input_keep: per model input array, the kept indices of its last axis (``None``: all).
       folded: one entry per bias that absorbed constants (``{"leaf": path, "units": count}``).
       dead_kept: ``(leaf index, axis) → {reason: count}`` for units with zero incoming weights that stay.
+      outputs: the model's outputs on the example input (eval mode).
     """
 
     graph: Graph
@@ -71,6 +73,7 @@ class Plan:
     input_keep: list[np.ndarray | None]
     folded: list[dict]
     dead_kept: dict
+    outputs: list = dataclasses.field(default_factory=list)
 
 
 def _others(ndim: int, a: int) -> tuple[int, ...]:
@@ -115,10 +118,19 @@ def _per_id(ids: np.ndarray, delta: np.ndarray, size: int) -> tuple[np.ndarray, 
     return total / np.maximum(count, 1.0), bool(np.all(hi - lo <= FOLD_RTOL * scale + 1e-30))
 
 
-def _term(g: Graph, c: Contraction, vals: dict, lhs_mask: np.ndarray) -> np.ndarray:
-    e = g.eqns[c.eqn]
-    lhs = vals[c.lhs] * lhs_mask.astype(vals[c.lhs].dtype)
-    return np.asarray(e.prim.bind(lhs, vals[c.rhs], **e.params))
+def _terms(g: Graph, requests: list[tuple[Contraction, np.ndarray]], vals: dict) -> list[np.ndarray]:
+    """``prim(l · mask_j, r)`` for every contraction and each of its lhs masks ``mask_j``, in one jitted call."""
+
+    def run(masks):
+        out = []
+        for (c, _), m in zip(requests, masks):
+            e = g.eqns[c.eqn]
+            lhs, rhs = vals[c.lhs], vals[c.rhs]
+            out.append(jax.vmap(lambda mm, e=e, lhs=lhs, rhs=rhs: e.prim.bind(lhs * mm.astype(lhs.dtype), rhs,
+                                                                                **e.params))(m))
+        return out
+
+    return [np.asarray(t) for t in jax.jit(run)([m for _, m in requests])] if requests else []
 
 
 def _row_mask(shape: tuple[int, ...], axis: int, rows: np.ndarray) -> np.ndarray:
@@ -129,33 +141,43 @@ def _row_mask(shape: tuple[int, ...], axis: int, rows: np.ndarray) -> np.ndarray
 
 def _judge(g: Graph, ts: Ties, vals: dict, dep: dict, targets: dict) -> dict[int, str]:
     """``node → reason`` for every channel that some contraction needs (see the module docstring)."""
-    bad: dict[int, str] = {}
-    prod = g.producer()
+    rows_info, requests = [], []
     for c in ts.contractions:
-        e = g.eqns[c.eqn]
-        layer = layer_of(g, c.rhs, prod) or layer_of(g, c.lhs, prod)
-        where = f"`{e.prim.name}`" + (f" of layer {layer}" if layer else f" {e.describe()}")
         dl, dr = dep[c.lhs], dep[c.rhs]
         zl, zr = known_zero(dl, vals[c.lhs]), known_zero(dr, vals[c.rhs])
-        target = targets.get(c.eqn)
         for la, ra in c.pairs:
             slot = ts.axes[c.lhs][la]
             if slot is None:
                 continue
-            mat = ts.get_matrix(slot)
             ol, orr = _others(dl.ndim, la), _others(dr.ndim, ra)
             zero = np.all(zl, axis=ol) | np.all(zr, axis=orr)
             const = ~np.any(dl, axis=ol) & ~np.any(dr, axis=orr) & ~zero
-            for i in np.flatnonzero(~zero):
-                if const[i] and target is not None:
-                    term = _term(g, c, vals, _row_mask(g.shapes[c.lhs], la, np.array([i])))
-                    if _per_id(target.ids, term, int(np.prod(g.shapes[g.leaf_ids[target.leaf]])))[1]:
-                        continue
-                reason = ("live" if not const[i] else
-                          f"nonzero constant not foldable through {where}" +
-                          (" (no bias after it)" if target is None else " (padding)"))
-                for n in mat[i]:
-                    bad.setdefault(ts.find_node(int(n)), reason)
+            rows = np.flatnonzero(const) if c.eqn in targets else np.zeros(0, int)
+            rows_info.append((c, slot, zero, const, rows, len(requests) if rows.size else None))
+            if rows.size:
+                shape = g.shapes[c.lhs]
+                requests.append((c, np.stack([np.broadcast_to(_row_mask(shape, la, np.array([i])), shape)
+                                              for i in rows])))
+    terms = _terms(g, requests, vals)
+    bad: dict[int, str] = {}
+    prod = g.producer()
+    for c, slot, zero, const, rows, k in rows_info:
+        target = targets.get(c.eqn)
+        foldable = set()
+        if k is not None:
+            size = int(np.prod(g.shapes[g.leaf_ids[target.leaf]]))
+            foldable = {int(i) for i, t in zip(rows, terms[k]) if _per_id(target.ids, t, size)[1]}
+        layer = layer_of(g, c.rhs, prod) or layer_of(g, c.lhs, prod)
+        e = g.eqns[c.eqn]
+        where = f"`{e.prim.name}`" + (f" of layer {layer}" if layer else f" {e.describe()}")
+        mat = ts.get_matrix(slot)
+        for i in np.flatnonzero(~zero):
+            if int(i) in foldable:
+                continue
+            reason = ("live" if not const[i] else f"nonzero constant not foldable through {where}"
+                      + (" (no bias after it)" if target is None else " (padding)"))
+            for n in mat[i]:
+                bad.setdefault(ts.find_node(int(n)), reason)
     return bad
 
 
@@ -213,7 +235,8 @@ def make_plan(model, example_input: tuple, *, prune_inputs: bool = False, unknow
         k = None if s is None else keep_rows[ts.find_slot(s)]
         input_keep.append(None if k is None or k.size == g.shapes[v][-1] else k)
     reasons = {**{r: f"pinned: {why}" for r, why in pinned.items()}, **bad}
-    return Plan(g, keep, out_values, input_keep, folded, _dead_kept(g, ts, leaves, keep, reasons))
+    return Plan(g, keep, out_values, input_keep, folded, _dead_kept(g, ts, leaves, keep, reasons),
+                [vals[o] for o in g.output_ids])
 
 
 def _keep_rows(ts: Ties, removed) -> dict[int, np.ndarray]:
@@ -235,7 +258,7 @@ def _keep_rows(ts: Ties, removed) -> dict[int, np.ndarray]:
 
 
 def _fold(g: Graph, ts: Ties, vals: dict, targets: dict, keep_rows: dict, new_values: list) -> list[dict]:
-    folded = []
+    requests = []
     for c in ts.contractions:
         mask = np.zeros(g.shapes[c.lhs], bool)
         for la, _ in c.pairs:
@@ -243,14 +266,14 @@ def _fold(g: Graph, ts: Ties, vals: dict, targets: dict, keep_rows: dict, new_va
             if s is not None:
                 gone = np.setdiff1d(np.arange(g.shapes[c.lhs][la]), keep_rows[ts.find_slot(s)])
                 mask = mask | _row_mask(g.shapes[c.lhs], la, gone)
-        if not mask.any() or c.eqn not in targets:
-            continue
-        delta = _term(g, c, vals, mask)
-        if not np.any(delta):
+        if mask.any() and c.eqn in targets:
+            requests.append((c, mask[None]))
+    folded = []
+    for (c, _), delta in zip(requests, _terms(g, requests, vals)):
+        if not np.any(delta[0]):
             continue
         t = targets[c.eqn]
-        size = new_values[t.leaf].size
-        per, uniform = _per_id(t.ids, delta, size)
+        per, uniform = _per_id(t.ids, delta[0], new_values[t.leaf].size)
         if not uniform:
             raise CompactionError(f"internal: the folded constant of {g.eqns[c.eqn].describe()} is not uniform")
         new_values[t.leaf] = new_values[t.leaf] + t.sign * per.reshape(new_values[t.leaf].shape)

@@ -152,43 +152,50 @@ def _bracket_entries(bits, lo, hi) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([jnp.max(rows, axis=1), vals[main:]]), jnp.all(counts <= 1)
 
 
-def _keep_with_ties(bits, t, k):
-    """Every entry above ``t`` and the first (by index) ones equal to it, ``k`` in all (``t`` the ``k``-th)."""
-    above = bits > t
+def _last_tie(bits, t, k) -> jax.Array:
+    """The flat index of the last entry equal to ``t`` that is kept (``t`` the ``k``-th largest): the
+    ``(k − #(> t))``-th such entry. A prefix sum over the entries; only a scalar leaves it."""
     ties = bits == t
-    need = k - jnp.sum(above, dtype=bits.dtype)
-    return above | (ties & (jnp.cumsum(ties, dtype=bits.dtype) <= need))
+    need = k - jnp.sum(bits > t, dtype=bits.dtype)
+    return jnp.argmax(jnp.cumsum(ties, dtype=bits.dtype) >= need).astype(bits.dtype)
 
 
 def top_k_mask(scores: jax.Array, k, *, method: str = "auto") -> jax.Array:
     """A bool mask of exactly ``clip(k, 0, n)`` entries of the non-negative ``scores``: the largest, ties to the
     lower flat index. ``k`` may be traced.
 
+    The search yields two scalars, the ``k``-th largest ``T`` and the index of the last tie kept, and the mask is
+    one elementwise pass: ``b > T  or  (b = T  and  index ≤ last)``.
+
     Args:
-      scores: non-negative floats (any shape; the flat index breaks ties).
+      scores: non-negative floats (any shape; the flat index breaks ties; ``−0`` counts as ``0``).
       k: how many to keep (an int or a traced integer).
       method: ``"auto"`` (``"search"`` on the CPU, ``"bisect"`` elsewhere), ``"search"`` or ``"bisect"``
         (module docstring).
     """
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
-    bits = ordered_bits(scores.reshape(-1))
+    bits = ordered_bits(jnp.abs(scores.reshape(-1)))  # |−0| = +0 (and NaN stays NaN, above every number)
     n = bits.shape[0]
     if n == 0:
         return jnp.zeros(scores.shape, bool)
     k = jnp.asarray(k).astype(bits.dtype)
     kk = jnp.clip(k, 1, n)
+    every = jnp.asarray(n - 1, bits.dtype)
 
     def by_bisection():
-        return _keep_with_ties(bits, kth_largest_bisect(bits, kk), kk)
+        t = kth_largest_bisect(bits, kk)
+        return t, _last_tie(bits, t, kk)
 
     def by_search():
         t, c_t, _ = kth_largest_search(bits, kk)
-        return jax.lax.cond(c_t == kk, lambda: bits >= t, lambda: _keep_with_ties(bits, t, kk))
+        return t, jax.lax.cond(c_t == kk, lambda: every, lambda: _last_tie(bits, t, kk))
 
     if method == "auto":
-        keep = jax.lax.platform_dependent(cpu=by_search, default=by_bisection)
+        t, last = jax.lax.platform_dependent(cpu=by_search, default=by_bisection)
     else:
-        keep = by_search() if method == "search" else by_bisection()
-    keep = jnp.where(k <= 0, jnp.zeros_like(keep), jnp.where(k >= n, jnp.ones_like(keep), keep))
+        t, last = by_search() if method == "search" else by_bisection()
+    t = jnp.where(k >= n, -jnp.ones_like(t), jnp.where(k <= 0, jnp.full_like(t, jnp.iinfo(t.dtype).max), t))
+    last = jnp.where(k <= 0, -jnp.ones_like(last), last)
+    keep = (bits > t) | ((bits == t) & (jnp.arange(n, dtype=bits.dtype) <= last))
     return keep.reshape(scores.shape)
