@@ -184,7 +184,8 @@ def bit_kernels(n: int = 200_000) -> dict:
                  + np.abs(log2t) * abs(float(np.float32(p)) - p) + np.spacing(np.abs(p * log2t).astype(np.float32)) / 2)
         bound = np.log(2) * err_y + 1.2e-7
         rel = np.abs(ours[inside] / exact[inside] - 1)
-        out[f"pow_f32(p={p:.4g})"] = {"max_rel_error": float(rel.max()), "max_over_bound": float(np.max(rel / bound[inside])),
+        out[f"pow_f32(p={p:.4g})"] = {"max_rel_error": float(rel.max()),
+                                     "max_over_bound": float(np.max(rel / bound[inside])),
                                      "passed": bool(np.all(rel <= bound[inside]))}
     tc = (10 ** rng.uniform(-30, 30, n)).astype(np.float32)
     num, den = jax.jit(_inv_cbrt_f32)(jnp.asarray(tc))
@@ -196,8 +197,10 @@ def bit_kernels(n: int = 200_000) -> dict:
 def run_all(*, samples: int = 300, algorithm1_names=None, log=print) -> dict:
     """Every check; an exception in one is recorded (``error``) and counts as a failure."""
     out = {}
-    for name, fn in (("prox_samples", lambda: prox_samples(samples)), ("algorithm1", lambda: algorithm1(names=algorithm1_names)),
-                     ("platform_dependent", platform_dependent), ("bit_kernels", bit_kernels)):
+    checks = (("prox_samples", lambda: prox_samples(samples)),
+              ("algorithm1", lambda: algorithm1(names=algorithm1_names)),
+              ("platform_dependent", platform_dependent), ("bit_kernels", bit_kernels))
+    for name, fn in checks:
         t0 = time.perf_counter()
         try:
             out[name] = fn()

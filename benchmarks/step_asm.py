@@ -125,7 +125,8 @@ def main(argv=None):
             continue
         out.append(dict(stats, regularizer=name))
     base = out[0]["vector_insns_per_8"]
-    print(f"XLA:CPU update loop of the donated step, one (4096, 512) float32 leaf, per 8 parameters (jax {jax.__version__}):")
+    print("XLA:CPU update loop of the donated step, one (4096, 512) float32 leaf, "
+          f"per 8 parameters (jax {jax.__version__}):")
     print("| row | vector instructions | excess over Adam's | divider ops (div, sqrt) |")
     print("|---|---|---|---|")
     for r in out:

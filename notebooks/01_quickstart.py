@@ -122,7 +122,7 @@ def train(tx, epochs, seed=0):
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     rng = np.random.default_rng(seed)
     hist = {"loss": [], "acc": [], "sparsity": []}
-    for epoch in range(epochs):
+    for _ in range(epochs):
         losses = [train_step(model, optimizer, xb, yb) for xb, yb in batches(x_tr, y_tr, 64, rng)]
         hist["loss"].append(float(np.mean(jax.device_get(losses))))
         hist["acc"].append(float(accuracy(model, x_te, y_te)))

@@ -109,7 +109,7 @@ for name, (reg, lam) in REGULARIZERS.items():
 # %%
 print(f"{'R':5s} {'λ':>7s} | {'ProxGen acc':>11s} {'sparsity':>9s} {'F':>8s} |"
       f" {'subgrad acc':>11s} {'sparsity':>9s} {'F':>8s}")
-for name, (reg, lam) in REGULARIZERS.items():
+for name, (_, lam) in REGULARIZERS.items():
     p, s = runs[name, "ProxGen"], runs[name, "subgradient"]
     print(f"{name:5s} {lam:7.0e} | {p['test_acc'][-1]:11.3f} {p['sparsity'][-1]:9.1%} {p['objective'][-1]:8.4f} |"
           f" {s['test_acc'][-1]:11.3f} {s['sparsity'][-1]:9.1%} {s['objective'][-1]:8.4f}")
@@ -123,7 +123,7 @@ for name in REGULARIZERS:
 # %%
 ep = np.arange(1, EPOCHS + 1)
 fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-for ax, (name, (reg, lam)) in zip(axes.ravel(), REGULARIZERS.items()):
+for ax, (name, (_, lam)) in zip(axes.ravel(), REGULARIZERS.items()):
     ax.plot(ep, runs[name, "ProxGen"]["objective"], "-o", ms=3, label="ProxGen (Adam)")
     ax.plot(ep, runs[name, "subgradient"]["objective"], "--s", ms=3, label="subgradient (Adam)")
     ax.set_title(f"{name}, λ = {lam:g}")

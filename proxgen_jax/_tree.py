@@ -62,10 +62,15 @@ def first_mismatch(reference: Any, other: Any) -> str | None:
     return None
 
 
-def check_params_like(name: str, params: Any, updates: Any) -> None:
-    """``ValueError`` unless ``params`` is given and ``updates`` has its tree structure (naming the path)."""
+def require_params(name: str, params: Any) -> None:
+    """``ValueError`` when a transform that reads ``θ_t`` was called without ``params``."""
     if params is None:
         raise ValueError(f"{name} needs the current parameters: call `update(updates, state, params)`.")
+
+
+def check_params_like(name: str, params: Any, updates: Any) -> None:
+    """``ValueError`` unless ``params`` is given and ``updates`` has its tree structure (naming the path)."""
+    require_params(name, params)
     where = first_mismatch(params, updates)
     if where is not None:
         raise ValueError(f"updates do not match the parameter tree at {where}.")

@@ -15,8 +15,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import accelerator_suite as suite
-import device_checks
+import accelerator_suite as suite  # noqa: E402
+import device_checks  # noqa: E402
 
 
 def test_tiny_run_writes_every_section(tmp_path):

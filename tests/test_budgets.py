@@ -90,7 +90,7 @@ def test_leaf_top_k_is_the_best_support(reg_name, dtype):
         k = int((1 - s) * n)
         theta, grads, z, c = _problems((n,), seed=int(s * 100), dtype=dtype)
         reg = REGS[reg_name][0]
-        x = _step(lambda: pg.prox_sparsity(s, ALPHA, regularizer=reg, lam=lam if reg else 0.0),
+        x = _step(lambda s=s, reg=reg: pg.prox_sparsity(s, ALPHA, regularizer=reg, lam=lam if reg else 0.0),
                   {"w": theta}, {"w": grads}, dtype)["w"]
         assert np.all(np.sum(x != 0, axis=1) <= k)
         f, g = _costs(reg_name, z, c, lam)

@@ -40,7 +40,8 @@ def _batch(rng, n, dtype, count=24):
     return np.stack(xs).astype(dtype), np.asarray(ks)
 
 
-@pytest.mark.parametrize(("method", "dtype"), [("search", np.float32), pytest.param("search", np.float64, marks=pytest.mark.slow),
+@pytest.mark.parametrize(("method", "dtype"), [("search", np.float32),
+                                               pytest.param("search", np.float64, marks=pytest.mark.slow),
                                                ("bisect", np.float32)], ids=["search-f32", "search-f64", "bisect-f32"])
 def test_top_k_mask_matches_stable_argsort(method, dtype):
     rng = np.random.default_rng(0)

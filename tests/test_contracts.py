@@ -97,6 +97,7 @@ class Case:
       tol: ``(rtol, atol)`` between two programs computing the same step (``multisteps``, ``vmap``).
       kernel: the shape of the problem's kernel.
       extra_scalars: names of the scalar state fields kept beyond the optax twin's (``state`` contract).
+      budget_zeros: the case's zeros come from a budget, not from ``λ``: it keeps them at ``λ = 0``.
     """
 
     name: str
@@ -118,6 +119,7 @@ class Case:
     tol: tuple[float, float] = (1e-6, 1e-7)
     kernel: tuple[int, int] = (6, 4)
     extra_scalars: tuple[str, ...] = ()
+    budget_zeros: bool = False
 
 
 def after_adam(tx):
@@ -212,6 +214,25 @@ CASES = [
                   ({"gain_i": 0.0}, "gain_i"), ({"gain_p": -1.0}, "gain_p"), ({"down_factor": 0.5}, "down_factor"),
                   ({"margin": -0.01}, "margin"), ({"track": "both"}, "track"), ({"guard_iters": 0}, "guard_iters"),
                   ({"ramp_shape": "exp"}, "ramp_shape"))),
+    # ------------------------------------------------------------------------------------------ budgets
+    # A budget keeps a step count beside Adam's (the sparsity schedule and the support freeze read it).
+    Case("prox_sparsity", pg.prox_sparsity,
+         dict(sparsity=0.5, learning_rate=LR, regularizer=pg.L1(), lam=0.01, mask=pg.kernels_only),
+         after_adam, static=("mask", "regularizer"), unstatic_error=ValueError, regularised=("kernel",),
+         extra_scalars=("count",), budget_zeros=True,
+         invalid=PROX_ERRORS + (({"sparsity": 1.5}, "sparsity"), ({"scope": "layer"}, "scope"),
+                               ({"regularizer": "l1"}, "regularizer"), ({"freeze_after": -1}, "freeze_after"),
+                               ({"weight_decay": -1.0}, "weight_decay"))),
+    Case("prox_sparsity_global_groups", pg.prox_sparsity,
+         dict(sparsity=0.5, learning_rate=LR, scope="global", group_axes=pg.input_feature_groups,
+              regularizer=pg.L1(), lam=0.01),
+         after_adam, static=("scope", "group_axes", "regularizer"), unstatic_error=(ValueError, TypeError),
+         regularised=("kernel",), extra_scalars=("count",), budget_zeros=True),
+    Case("prox_nm", pg.prox_nm, dict(n=2, m=4, learning_rate=LR, regularizer=pg.L1(), lam=0.01), after_adam,
+         static=("n", "m"), unstatic_error=ValueError, regularised=("kernel",), kernel=(8, 4),
+         extra_scalars=("count",), budget_zeros=True,
+         invalid=PROX_ERRORS + (({"n": 0}, "n"), ({"n": 5}, "n"), ({"m": 2.0}, "m"),
+                               ({"regularizer": pg.GroupL12()}, "regularizer"))),
     # ------------------------------------------------------------------------------------------ aliases
     Case("proxgen_adam", pg.proxgen_adam, dict(learning_rate=LR, regularizer=pg.L1(), lam=0.1),
          invalid=(({"b1": 1.0}, "b1"), ({"b2": -0.1}, "b2"), ({"eps": -1e-8}, "eps"), ({"lam": -1.0}, "lam"))),
@@ -228,7 +249,8 @@ CASES = [
     Case("proxgen_kfac", pg.proxgen_kfac, dict(learning_rate=LR, regularizer=pg.L1(), lam=100.0, update_every=1,
                                                damping=1e-2, mask=pg.kernels_only), kernel=(12, 8),
          regularised=("kernel",),
-         contracts=ALL - {"state"}, extra=kfac_stats, huge_lam=1e5, static=("update_every", "inner_steps", "momentum", "mask"),
+         contracts=ALL - {"state"}, extra=kfac_stats, huge_lam=1e5,
+         static=("update_every", "inner_steps", "momentum", "mask"),
          unstatic_error=(ValueError, TracerBool), tol=METRIC_TOL,
          invalid=(({"momentum": 1.0}, "momentum"), ({"decay": -0.1}, "decay"), ({"damping": 0.0}, "damping"),
                   ({"update_every": 0}, "update_every"), ({"inner_steps": 0}, "inner_steps"))),
@@ -390,7 +412,7 @@ def test_inject_hyperparams_equals_plain_factory_and_changes_take_effect(case):
             assert_trees_close(u, w, rtol=1e-4, atol=1e-9)
             new = optax.apply_updates(params, u)["dense"]
             if lam == 0.0:
-                assert all(np.all(np.asarray(v) != 0) for v in new.values())
+                assert case.budget_zeros or all(np.all(np.asarray(v) != 0) for v in new.values())
             elif case.limit is not None:  # θ_t + (ℓ − θ_t) is ℓ to rounding; exactly 0 when ℓ = 0
                 levels = np.asarray(case.limit)
                 for leaf in case.regularised:

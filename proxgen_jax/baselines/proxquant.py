@@ -26,7 +26,8 @@ def linear_ramp(lam_max: float, ramp_steps: int, ramp_every: int = 1) -> Callabl
 
     ``s_t = ramp_every·⌊t/ramp_every⌋`` and ``t`` is the 0-based step count, so ``λ_0 = 0``: the first steps are
     plain Adam. ``ramp_every = 1`` is a per-step linear ramp; ``ramp_every =`` steps per epoch reproduces the
-    authors' ``λ = reg_rate · epoch`` (epochs counted from 0) with ``reg_rate = lam_max · ramp_every / ramp_steps``, up to ``lam_max``.
+    authors' ``λ = reg_rate · epoch`` (epochs counted from 0) with
+    ``reg_rate = lam_max · ramp_every / ramp_steps``, up to ``lam_max``.
     """
     check_nonnegative("lam_max", lam_max)
     if int(ramp_steps) != ramp_steps or ramp_steps < 1:

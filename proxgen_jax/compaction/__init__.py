@@ -10,4 +10,6 @@ from proxgen_jax.compaction.graph import CompactionError
 from proxgen_jax.compaction.plan import Plan
 from proxgen_jax.compaction.report import CompactionReport, compaction_report, layer_flops
 
-__all__ = ["CompactionError", "CompactionReport", "Plan", "compact", "compaction_plan", "compaction_report", "layer_flops"]
+__all__ = [
+    "CompactionError", "CompactionReport", "Plan", "compact", "compaction_plan", "compaction_report", "layer_flops",
+]

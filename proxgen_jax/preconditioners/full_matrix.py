@@ -139,8 +139,8 @@ def scale_by_full_matrix_precond(
                 new = jnp.outer(g.reshape(-1), g.reshape(-1)) if full else g * g
                 stat = b2 * ls.stat + (1 - b2) * new
             if full:
-                vals, vecs = jax.lax.cond(refresh, lambda s: symmetric_eigh(s / corr),
-                                          lambda s: (ls.vals, ls.vecs), stat)
+                vals, vecs = jax.lax.cond(refresh, lambda s, c: symmetric_eigh(s / c),
+                                          lambda s, c, old=ls: (old.vals, old.vecs), stat, corr)
                 metric = DenseMetric.from_eigh(vecs, jnp.sqrt(vals) + eps, jnp.shape(g))
                 directions.append(metric.solve(m))
                 metrics.append(metric)

@@ -301,7 +301,7 @@ def scale_by_kfac_precond(
         flat_m, directions, metrics = [], [], []
         eig_iter = iter(eig)
         layers_out = list(new_layers)
-        for i, ((path, g), f) in enumerate(zip(flat_with_path, flags)):
+        for i, ((_, g), f) in enumerate(zip(flat_with_path, flags)):
             if not f:
                 flat_m.append(None)
                 directions.append(None)

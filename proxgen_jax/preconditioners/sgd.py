@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxgen_jax._validation import check_positive
+from proxgen_jax._validation import check_beta, check_positive
 from proxgen_jax.preconditioners.momentum import ema_momentum
 from proxgen_jax.preconditioners.preconditioned_updates import PreconditionedUpdates
 
@@ -22,6 +22,7 @@ def scale_by_sgd_precond(momentum: float = 0.9, *, delta: float = 1.0) -> optax.
       delta: ``δ > 0``.
     """
     check_positive("delta", delta)
+    check_beta("momentum", momentum)
     inner = ema_momentum(momentum)
 
     def update_fn(updates, state, params=None):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,7 @@ def prox_args(z, step, lam):
     return z, jnp.asarray(step, z.dtype), jnp.asarray(lam, z.dtype)
 
 
-RegularizerOrFn = Union[Regularizer, Callable[[Any, Any], Regularizer | None], None]
+RegularizerOrFn = Regularizer | Callable[[Any, Any], Regularizer | None] | None
 
 
 def check_regularizer(regularizer: RegularizerOrFn) -> None:

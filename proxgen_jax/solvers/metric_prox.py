@@ -244,7 +244,8 @@ def _solve(regularizer, inner_steps, u, op, step, lam, x0, tol, eta) -> MetricPr
         return jnp.logical_and(s.k < inner_steps, jnp.logical_not(s.done))
 
     def body(s: _ApgState):
-        k, x, x_prev, zk, mx, mx_prev, mzk, fx, t, t_prev = s.k, s.x, s.x_prev, s.z, s.mx, s.mx_prev, s.mz, s.fx, s.t, s.t_prev
+        k, x, x_prev, zk, fx, t, t_prev = s.k, s.x, s.x_prev, s.z, s.fx, s.t, s.t_prev
+        mx, mx_prev, mzk = s.mx, s.mx_prev, s.mz
         a1 = t_prev / t
         a2 = (t_prev - 1) / t
         y = x + a1 * (zk - x) + a2 * (x - x_prev)

@@ -66,6 +66,12 @@ def _free_values(leaf: LeafProblem, regularizer, lam):
     return unit_gains(regularizer, z, leaf.metric, leaf.alpha, jnp.asarray(lam, z.dtype))
 
 
+def _pruned(leaf: LeafProblem, x, free):
+    """``x`` where ``free``, else 0 — or NaN where the centre ``z`` is not finite: a NaN gradient never turns a
+    weight into a silent zero."""
+    return jnp.where(free, x, leaf.centre() * 0)
+
+
 def _unit_values(leaf: LeafProblem, lam):
     """``(x, Δ_unit)``: the prox value of every coordinate and the gain of every budget unit of one leaf."""
     spec = leaf.spec
@@ -206,7 +212,7 @@ def prox_sparsity(
             free = jnp.broadcast_to(keep, v.x.shape)
             if freeze_after is not None:
                 free = jnp.where(state.count >= freeze_after, leaf.theta != 0, free)
-            xs.append(jnp.where(free, v.x, jnp.zeros_like(v.x)))
+            xs.append(_pruned(leaf, v.x, free))
         return step.updates(xs), BudgetState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -291,7 +297,7 @@ def prox_nm(
 
         def solve(leaf, lam_t):
             v = _free_values(leaf, regularizer, lam_t)
-            return jnp.where(nm_mask(v.gain, n, m, leaf.spec), v.x, jnp.zeros_like(v.x))
+            return _pruned(leaf, v.x, nm_mask(v.gain, n, m, leaf.spec))
 
         return step.updates(step.solve(solve, hp.lam)), BudgetState(optax.safe_increment(state.count))
 

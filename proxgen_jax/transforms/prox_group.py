@@ -11,7 +11,7 @@ columns or filters become exactly zero. :func:`prox_group_mcp` does the same for
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from proxgen_jax.regularizers.group_l12 import GroupL12, normalize_axes
 from proxgen_jax.regularizers.group_mcp import GroupMCP
 from proxgen_jax.transforms.proximal_step import proximal_step
 
-GroupAxesOrFn = Union[int, Sequence[int], None, Callable[[Any, Any], Sequence[int] | None]]
+GroupAxesOrFn = int | Sequence[int] | Callable[[Any, Any], Sequence[int] | None] | None
 
 
 def output_unit_groups(path, leaf) -> tuple[int, ...] | None:

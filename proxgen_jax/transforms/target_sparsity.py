@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from proxgen_jax._tree import MaskOrFn
+from proxgen_jax._tree import MaskOrFn, require_params
 from proxgen_jax._validation import check_in_range, check_nonnegative, check_positive, concrete_float
 from proxgen_jax.regularizers.base import Regularizer, RegularizerOrFn, resolve_regularizers
 from proxgen_jax.transforms.engine import closed_form, prepare_step
@@ -284,6 +284,7 @@ def target_sparsity(
         )
 
     def update_fn(updates, state, params=None):
+        require_params("target_sparsity", params)
         regs = controlled(params)
         count = state.count
         hp = hyperparams_at(count, learning_rate, 0.0, weight_decay)
