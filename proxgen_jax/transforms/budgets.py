@@ -72,6 +72,26 @@ def _pruned(leaf: LeafProblem, x, free):
     return jnp.where(free, x, leaf.centre() * 0)
 
 
+def _budget_link(name: str, specs_of: Callable, solve: Callable, learning_rate, lam, weight_decay,
+                 weight_decay_mask) -> optax.GradientTransformation:
+    """The transformation around a budget: ``specs_of(params)`` resolves (and validates) one spec per leaf,
+    ``solve(step, λ_t, count)`` returns the solutions of the :class:`~proxgen_jax.transforms.engine.StepProblem`."""
+
+    def init_fn(params):
+        specs_of(params)
+        decay_flags(weight_decay_mask, params)
+        return BudgetState(jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        hp = hyperparams_at(state.count, learning_rate, lam, weight_decay)
+        step = prepare_step(name, updates, params, specs_of(params) if params is not None else [],
+                            hp.learning_rate, weight_decay=hp.weight_decay,
+                            decay_flags=decay_flags(weight_decay_mask, params))
+        return step.updates(solve(step, hp.lam, state.count)), BudgetState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _unit_values(leaf: LeafProblem, lam):
     """``(x, Δ_unit)``: the prox value of every coordinate and the gain of every budget unit of one leaf."""
     spec = leaf.spec
@@ -176,18 +196,9 @@ def prox_sparsity(
             out.append(_LeafBudget(norm, s, reg))
         return out
 
-    def init_fn(params):
-        budgets(params)
-        decay_flags(weight_decay_mask, params)
-        return BudgetState(jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        hp = hyperparams_at(state.count, learning_rate, lam, weight_decay)
-        step = prepare_step("prox_sparsity", updates, params, budgets(params) if params is not None else [],
-                            hp.learning_rate, weight_decay=hp.weight_decay,
-                            decay_flags=decay_flags(weight_decay_mask, params))
-        s_t = value_at(sparsity, state.count)
-        solved = [None if leaf.spec is None else _unit_values(leaf, hp.lam) for leaf in step.leaves]
+    def solve(step, lam_t, count):
+        s_t = value_at(sparsity, count)
+        solved = [None if leaf.spec is None else _unit_values(leaf, lam_t) for leaf in step.leaves]
         scores = [None if v is None else v.gain for v in solved]
         if scope == "global":
             flat = [s.reshape(-1) for s in scores if s is not None]
@@ -211,11 +222,11 @@ def prox_sparsity(
                 continue
             free = jnp.broadcast_to(keep, v.x.shape)
             if freeze_after is not None:
-                free = jnp.where(state.count >= freeze_after, leaf.theta != 0, free)
+                free = jnp.where(count >= freeze_after, leaf.theta != 0, free)
             xs.append(_pruned(leaf, v.x, free))
-        return step.updates(xs), BudgetState(optax.safe_increment(state.count))
+        return xs
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _budget_link("prox_sparsity", budgets, solve, learning_rate, lam, weight_decay, weight_decay_mask)
 
 
 def default_nm_axis(leaf) -> int | None:
@@ -284,21 +295,9 @@ def prox_nm(
             out.append(ax)
         return out
 
-    def init_fn(params):
-        axes(params)
-        decay_flags(weight_decay_mask, params)
-        return BudgetState(jnp.zeros([], jnp.int32))
+    def solve_leaf(leaf, lam_t):
+        v = _free_values(leaf, regularizer, lam_t)
+        return _pruned(leaf, v.x, nm_mask(v.gain, n, m, leaf.spec))
 
-    def update_fn(updates, state, params=None):
-        hp = hyperparams_at(state.count, learning_rate, lam, weight_decay)
-        step = prepare_step("prox_nm", updates, params, axes(params) if params is not None else [],
-                            hp.learning_rate, weight_decay=hp.weight_decay,
-                            decay_flags=decay_flags(weight_decay_mask, params))
-
-        def solve(leaf, lam_t):
-            v = _free_values(leaf, regularizer, lam_t)
-            return _pruned(leaf, v.x, nm_mask(v.gain, n, m, leaf.spec))
-
-        return step.updates(step.solve(solve, hp.lam)), BudgetState(optax.safe_increment(state.count))
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _budget_link("prox_nm", axes, lambda step, lam_t, _: step.solve(solve_leaf, lam_t), learning_rate, lam,
+                        weight_decay, weight_decay_mask)
