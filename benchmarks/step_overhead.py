@@ -12,7 +12,8 @@ of the per-round ratio), so machine noise hits both sides alike; the CPU-time ra
 threads) is steadier than wall time on a shared machine. Per row it also reports the compile time
 (``jit(...).lower(...).compile()``) against ``optax.adam``'s, XLA's fusion count and bytes accessed of the donated
 step (``compiled.cost_analysis()``), and the optimizer-state bytes. Targets (issue 19, donated): ℓ0, ℓ1 ≤ 1.05;
-MCP, SCAD, binary q=1 ≤ 1.15; ℓ½, binary q=½ ≤ 1.35; ℓ⅔, ℓq ≤ 1.6; group ℓ1,2 ≤ 3.0; compile ≤ 2× Adam's.
+MCP, SCAD, binary q=1 ≤ 1.15; ℓ½, binary q=½ ≤ 1.35; ℓ⅔, ℓq ≤ 1.6; group ℓ1,2 ≤ 3.0; compile ≤ 2× Adam's; budgets
+(issue 16) top-k per leaf (``prox_sparsity(0.9)``) and 2:4 ≤ 1.3, one global top-k over all kernels ≤ 2.0.
 
 Usage:
   python benchmarks/step_overhead.py [--quick] [--out DIR] [--rounds N] [--only l1/2,l2/3] [--regimes donated]
@@ -25,6 +26,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,18 @@ import proxgen_jax as pg
 
 REGIMES = ("donated", "plain")
 CONTROL = "optax.adam (A/A)"
-QUICK_ROWS = ("l1", "l1/2", "group-l12")  # --quick without --only: a smoke test of every code path
+QUICK_ROWS = ("l1", "l1/2", "group-l12", "topk-0.9")  # --quick without --only: a smoke test of every code path
+
+
+class LinkRow(NamedTuple):
+    """A row whose prox link is not ``proximal_step(R)``: ``make(lr)`` returns the link (budgets, issue 16)."""
+
+    make: Callable[[float], optax.GradientTransformation]
+
+
+def _nm_kernels(params):
+    """Kernels whose input axis (−2) is divisible by 4 (the stem's 3 input channels cannot be blocked)."""
+    return jax.tree.map(lambda x: x.ndim >= 2 and x.shape[-2] % 4 == 0, params)
 COMPILE_TARGET = 2.0
 
 
@@ -100,6 +114,12 @@ def regularizer_rows() -> list[tuple[str, object, dict]]:
         return None if axes is None else R.GroupL12(group_axes=axes)
 
     rows.append(("group-l12", group, t(3.0, 1.30)))
+    # Budgets (issue 16): exact top-k per leaf and over the whole tree (a bit-pattern selection, no sort of the
+    # 21M scores), and 2:4 along the input axis; targets ≤ 1.3× (per leaf, N:M) and ≤ 2× (global), donated.
+    kern = pg.kernels_only
+    rows += [("topk-0.9", LinkRow(lambda lr: pg.prox_sparsity(0.9, lr, mask=kern)), t(1.3, 1.3)),
+             ("topk-0.9-global", LinkRow(lambda lr: pg.prox_sparsity(0.9, lr, scope="global", mask=kern)), t(2.0, 2.0)),
+             ("2:4", LinkRow(lambda lr: pg.prox_nm(2, 4, lr, mask=_nm_kernels)), t(1.3, 1.3))]
     return rows
 
 
@@ -107,6 +127,8 @@ def row_tx(reg, lr: float = 1e-3, lam: float = 1e-4) -> optax.GradientTransforma
     """A row's optimizer: ProxGen's Adam preconditioner and the prox (``reg=None``: ``optax.adam`` itself)."""
     if reg is None:
         return optax.adam(lr)
+    if isinstance(reg, LinkRow):
+        return optax.chain(pg.scale_by_adam_precond(), reg.make(lr))
     return optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, lam, lr))
 
 
@@ -302,7 +324,7 @@ def main(argv=None):
     n = sum(x.size for x in jax.tree.leaves(params))
     only = set(args.only.split(",")) if args.only else (set(QUICK_ROWS) if args.quick else None)
     rows = [row for row in regularizer_rows() if only is None or row[0] in only]
-    if not args.quick and only is None:  # an A/A row: optax.adam against itself shows this run's noise
+    if not args.quick and (only is None or CONTROL in only):  # A/A: optax.adam against itself shows the run's noise
         rows.insert(0, (CONTROL, None, {"donated": 1.05, "plain": 1.05}))
     print(f"ResNet-34-shaped tree: {n / 1e6:.2f}M float32 params, backend {jax.default_backend()}, "
           f"{os.cpu_count()} CPUs; median of {rounds} rounds x {reps} calls; regimes {', '.join(regimes)}", flush=True)

@@ -5,7 +5,7 @@ Floors, bottom to top: :mod:`proxgen_jax.regularizers` (pure math: value, prox, 
 :mod:`proxgen_jax.aliases` and :mod:`proxgen_jax.metrics` (ready optimizers and measurements).
 """
 
-from proxgen_jax import baselines, regularizers, solvers
+from proxgen_jax import baselines, compaction, regularizers, solvers
 from proxgen_jax.aliases import (
     proxgen_adagrad,
     proxgen_adam,
@@ -13,6 +13,18 @@ from proxgen_jax.aliases import (
     proxgen_rmsprop,
     proxgen_sgd,
     revised_proxquant,
+)
+from proxgen_jax.compaction import (
+    compact,
+    compaction_report,
+    export_nm,
+    export_sparse,
+    pack_quantized,
+    restore_export,
+    save_export,
+    storage_report,
+    to_bcoo,
+    unpack,
 )
 from proxgen_jax.metrics import (
     quantize,
@@ -47,6 +59,7 @@ from proxgen_jax.regularizers import (
     GroupL12,
     GroupMCP,
     Lq,
+    NuclearNorm,
     Quantization,
     Regularizer,
 )
@@ -67,6 +80,7 @@ from proxgen_jax.transforms import (
     prox_lq,
     prox_mcp,
     prox_nm,
+    prox_nuclear,
     prox_quantize,
     prox_scad,
     prox_sparsity,
@@ -85,6 +99,7 @@ __all__ = [
     "L0",
     "L1",
     "MCP",
+    "NuclearNorm",
     "SCAD",
     "EmaMomentumState",
     "GroupL12",
@@ -100,6 +115,17 @@ __all__ = [
     "ScaleByAmsgradPrecondState",
     "ScaleByRmspropPrecondState",
     "baselines",
+    "compaction",
+    "compact",
+    "compaction_report",
+    "export_nm",
+    "export_sparse",
+    "pack_quantized",
+    "restore_export",
+    "save_export",
+    "storage_report",
+    "to_bcoo",
+    "unpack",
     "ema_momentum",
     "input_feature_groups",
     "kernels_only",
@@ -111,6 +137,7 @@ __all__ = [
     "prox_l1",
     "prox_lq",
     "prox_mcp",
+    "prox_nuclear",
     "prox_quantize",
     "prox_scad",
     "proximal_step",

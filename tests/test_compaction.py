@@ -316,3 +316,53 @@ def test_mean_over_channels_pins_them():
     small = compact(m, jnp.ones((2, 5)))
     assert small.a.kernel.shape == (5, 8)
     check_equal_outputs(m, small, (4, 5))
+
+
+# ------------------------------------------------------------------------------------- concatenation + pooling
+class ConcatPool(nnx.Module):
+    """Two branches concatenated on channels → max-pool → average-pool → flatten → Dense."""
+
+    def __init__(self):
+        r = nnx.Rngs(8)
+        self.a = nnx.Conv(2, 6, (3, 3), padding="SAME", rngs=r)
+        self.b = nnx.Conv(2, 4, (1, 1), rngs=r)
+        self.head = nnx.Linear(2 * 2 * 10, 3, rngs=r)
+
+    def __call__(self, x):                                         # (N, 8, 8, 2)
+        h = jnp.concatenate([jax.nn.relu(self.a(x)), jnp.tanh(self.b(x))], axis=-1)
+        h = nnx.max_pool(h, (2, 2), strides=(2, 2))                 # (N, 4, 4, 10)
+        h = nnx.avg_pool(h, (2, 2), strides=(2, 2))                 # (N, 2, 2, 10)
+        return self.head(h.reshape(h.shape[0], -1))
+
+
+def test_concatenation_and_pooling_keep_channels_in_order():
+    m = ConcatPool()
+    kill_out(m.a, [1, 4, 5])
+    kill_out(m.b, [0, 2])
+    setv(m.a.bias, [0.1, -0.5, 0.2, 0.3, 0.7, 0.0])               # relu(0.7) ≠ 0: folded through pools → Dense
+    setv(m.b.bias, [0.4, 0.1, -0.3, 0.2])                          # tanh(0.4), tanh(−0.3) ≠ 0: folded too
+    dead = np.concatenate([zero_cols(m.a.kernel[...]), zero_cols(m.b.kernel[...])])
+    small = compact(m, jnp.ones((2, 8, 8, 2)))
+    assert small.a.kernel.shape[-1] == 6 - 3 and small.b.kernel.shape[-1] == 4 - 2
+    keep = np.flatnonzero(~dead)                                   # the head's rows: (h, w, channel), channel fastest
+    k_head = np.asarray(m.head.kernel[...]).reshape(2, 2, 10, 3)[:, :, keep].reshape(-1, 3)
+    np.testing.assert_array_equal(np.asarray(small.head.kernel[...]), k_head)
+    assert not np.array_equal(np.asarray(small.head.bias[...]), np.asarray(m.head.bias[...]))   # constants folded
+    check_equal_outputs(m, small, (6, 8, 8, 2))
+
+
+def test_multiple_of_keeps_removable_units_up_to_a_multiple():
+    m = MLP()
+    kill_out(m.l1, [0, 3, 4, 7, 9])                                 # 12 − 5 = 7 → 8 with multiple_of=4
+    kill_out(m.l2, [1, 2, 6, 8])                                    # 10 − 4 = 6 → 8
+    setv(m.l1.bias, np.linspace(-1.0, 1.0, 12))
+    small = compact(m, jnp.ones((2, 6)), multiple_of=4)
+    assert small.l1.kernel.shape == (6, 8) and small.l2.kernel.shape == (8, 8) and small.l3.kernel.shape == (8, 3)
+    live1 = ~zero_cols(m.l1.kernel[...])                            # every live unit is among the kept ones
+    k1 = np.asarray(small.l1.kernel[...])
+    assert sum(np.any(np.all(k1 == np.asarray(m.l1.kernel[...])[:, [j]], axis=0)) for j in np.flatnonzero(live1)) \
+        == live1.sum()
+    check_equal_outputs(m, small, (16, 6))
+    assert compact(m, jnp.ones((2, 6)), multiple_of=1).l1.kernel.shape == (6, 7)
+    with pytest.raises(ValueError, match="multiple_of"):
+        compact(m, jnp.ones((2, 6)), multiple_of=0)

@@ -233,6 +233,12 @@ CASES = [
          extra_scalars=("count",), budget_zeros=True,
          invalid=PROX_ERRORS + (({"n": 0}, "n"), ({"n": 5}, "n"), ({"m": 2.0}, "m"),
                                ({"regularizer": pg.GroupL12()}, "regularizer"))),
+    # Low rank: zeros are whole singular values, not entries (no `sparsifies`); 1-D leaves are left alone; the
+    # metric prox is an iterative solver (two programs agree to METRIC_TOL).
+    Case("prox_nuclear", pg.prox_nuclear, dict(lam=0.1, learning_rate=LR), after_adam, static=("tol", "max_iters"),
+         unstatic_error=ValueError, regularised=("kernel",), sparsifies=False, tol=METRIC_TOL,
+         invalid=PROX_ERRORS + (({"tol": 0.0}, "tol"), ({"max_iters": 0}, "max_iters"),
+                               ({"matricize": "rows"}, "matricize"))),
     # ------------------------------------------------------------------------------------------ aliases
     Case("proxgen_adam", pg.proxgen_adam, dict(learning_rate=LR, regularizer=pg.L1(), lam=0.1),
          invalid=(({"b1": 1.0}, "b1"), ({"b2": -0.1}, "b2"), ({"eps": -1e-8}, "eps"), ({"lam": -1.0}, "lam"))),
@@ -298,8 +304,25 @@ PRECONDITIONER_ERRORS = [
 ]
 
 
+# CI runs the suite in ≤ 10 minutes on 2 cores and the battery's cost is XLA compilation. The default run holds
+# every case to the cheap contracts and every *code path* to all of them; these cases repeat a path another case
+# covers in full (or compile an inner solver: minutes for the battery), so their costly contracts run with
+# `-m slow`. Nothing is dropped: `pytest -m slow tests/test_contracts.py` runs the rest.
+CHEAP = frozenset({"jit", "state", "params", "errors"})
+IN_DEFAULT_RUN = {
+    "prox_lq_2/3": CHEAP, "prox_lq_0.3": CHEAP,  # the ℓ½ row's path (roots tested in test_lq_root.py)
+    "proximal_step": CHEAP, "proxgen_adam": CHEAP,  # prox_l1's chain, built another way
+    "prox_sparsity_global_groups": CHEAP | {"finite"},  # prox_sparsity's path, one selection over all leaves
+    "prox_sparsity": ALL - {"vmap"},  # vmap of three unrolled steps of the selection search: ~20 s to compile
+    "proximal_step_metric_full_matrix": CHEAP | {"finite"},  # the inner solver: proximal_step_metric_adam runs all
+    "proximal_step_metric_kfac": CHEAP | {"finite"},
+    "proxgen_kfac": CHEAP | {"finite"},
+}
+
+
 def cases(contract: str, when: Callable[[Case], bool] = lambda c: True):
-    return [pytest.param(c, id=c.name) for c in CASES if contract in c.contracts and when(c)]
+    return [pytest.param(c, id=c.name, marks=[] if contract in IN_DEFAULT_RUN.get(c.name, ALL) else [pytest.mark.slow])
+            for c in CASES if contract in c.contracts and when(c)]
 
 
 # ----------------------------------------------------------------------------------------------- helpers

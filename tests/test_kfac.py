@@ -200,6 +200,7 @@ def test_full_matrix_prox_step_solves_the_subproblem():
     np.testing.assert_allclose(theta.ravel() + np.asarray(up["w"]).ravel(), x_ref, atol=1e-7)
 
 
+@pytest.mark.slow  # a training run; benchmarks/kfac_digits.py is the study
 def test_proximal_kfac_trains_digits_mlp():
     """Proximal KFAC + ℓ1 on sklearn digits: accurate, sparse, and the objective F = f + λ‖W‖₁ decreases."""
     from sklearn.datasets import load_digits

@@ -24,6 +24,9 @@ from proxgen_jax.regularizers._metric_forms import prox_metric, prox_metric_scal
 from oracles import brute_force_prox, relative_gap, representable_reference
 
 N = 10_000
+# The private fused forms get 2,000 problems each in the default run (CI ≤ 10 min on 2 cores: the oracle is the
+# cost) and the full 10⁴ with `-m slow`; the public `prox` always gets 10⁴.
+SIZES = [pytest.param(2_000, id="n2000"), pytest.param(N, id="n10000", marks=pytest.mark.slow)]
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 
 
@@ -71,16 +74,16 @@ CASES = [
 ]
 
 
-def _samples(thresholds, seed):
+def _samples(thresholds, seed, n=N):
     rng = np.random.default_rng(seed)
-    a = 10 ** rng.uniform(-12, 12, N)
-    lam = 10 ** rng.uniform(-3, 1, N)
-    ths = np.stack([np.broadcast_to(t, (N,)) for t in thresholds(a, lam)])
-    th = ths[rng.integers(0, len(ths), N), np.arange(N)]
-    rel = rng.choice([0.0, 1e-7, -1e-7, 1e-4, -1e-4, 1e-2, -1e-2, 0.3, -0.3], N)
-    z = th * (1 + rel) * rng.choice([-1, 1], N)
-    generic = rng.uniform(size=N) < 0.3
-    z = np.where(generic, rng.normal(size=N) * 10 ** rng.uniform(-3, 3, N), z)
+    a = 10 ** rng.uniform(-12, 12, n)
+    lam = 10 ** rng.uniform(-3, 1, n)
+    ths = np.stack([np.broadcast_to(t, (n,)) for t in thresholds(a, lam)])
+    th = ths[rng.integers(0, len(ths), n), np.arange(n)]
+    rel = rng.choice([0.0, 1e-7, -1e-7, 1e-4, -1e-4, 1e-2, -1e-2, 0.3, -0.3], n)
+    z = th * (1 + rel) * rng.choice([-1, 1], n)
+    generic = rng.uniform(size=n) < 0.3
+    z = np.where(generic, rng.normal(size=n) * 10 ** rng.uniform(-3, 3, n), z)
     z[:4] = [0.0, -0.0, 1.0, -1.0]
     return z, a, lam
 
@@ -130,13 +133,14 @@ def test_prox_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
     _assert_brute_force_optimal(name, kind, kw, np.asarray(x, np.float64), z, a, lam, dtype)
 
 
+@pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
-def test_prox_metric_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
+def test_prox_metric_matches_brute_force(name, reg, kind, kw, thresholds, dtype, n):
     """The same problems posed as ProxGen's step sees them: ``α`` and the metric ``c = C_t + δ`` apart
     (``a = α/c``), with ``c`` log-uniform over 1e-8…1e8. The oracle gets ``a = α/c`` of the rounded data."""
-    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()) + 1)
-    c = 10 ** np.random.default_rng(zlib.crc32(name.encode()) + 2).uniform(-8, 8, N)
+    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()) + 1, n=n)
+    c = 10 ** np.random.default_rng(zlib.crc32(name.encode()) + 2).uniform(-8, 8, n)
     z, alpha, c, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z, a * c, c, lam))
     with jax.enable_x64(dtype == np.float64):
         x = jax.jit(functools.partial(prox_metric, reg))(*(jnp.asarray(v, dtype) for v in (z, alpha, c, lam)))
@@ -144,9 +148,10 @@ def test_prox_metric_matches_brute_force(name, reg, kind, kw, thresholds, dtype)
     _assert_brute_force_optimal(name, kind, kw, np.asarray(x, np.float64), z, alpha / c, lam, dtype)
 
 
+@pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name,reg,kind,kw,thresholds", CASES, ids=[c[0] for c in CASES])
-def test_prox_metric_scaled_matches_brute_force(name, reg, kind, kw, thresholds, dtype):
+def test_prox_metric_scaled_matches_brute_force(name, reg, kind, kw, thresholds, dtype, n):
     """Given ``c·z`` instead of ``z`` (what Adam's step forms without a division): the prox of ``z = (c·z)/c``,
     with ``c`` log-uniform over 1e-8…1e8; the oracle gets ``z = (c·z)/c`` and ``a = α/c`` of the rounded data.
 
@@ -156,8 +161,8 @@ def test_prox_metric_scaled_matches_brute_force(name, reg, kind, kw, thresholds,
     better: with ``a = 1e-12`` one ulp of ``x`` costs ``ulp²/(2a)``, near a threshold one ulp of ``z`` flips the
     minimiser, and the step's own ``z = θ − α·m/c`` is no closer than that either. In float64 the objective
     gate alone holds, for ``z`` itself."""
-    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()) + 3)
-    c = 10 ** np.random.default_rng(zlib.crc32(name.encode()) + 4).uniform(-8, 8, N)
+    z, a, lam = _samples(thresholds, seed=zlib.crc32(name.encode()) + 3, n=n)
+    c = 10 ** np.random.default_rng(zlib.crc32(name.encode()) + 4).uniform(-8, 8, n)
     cz, alpha, c, lam = (np.asarray(v, dtype).astype(np.float64) for v in (z * c, a * c, c, lam))
     with jax.enable_x64(dtype == np.float64):
         x = jax.jit(functools.partial(prox_metric_scaled, reg))(*(jnp.asarray(v, dtype) for v in (cz, alpha, c, lam)))

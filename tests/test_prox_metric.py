@@ -373,13 +373,22 @@ def assert_global_minimum(reg, shape, cases, reference, objective, alpha=0.1, la
     assert min(zeros) < 0.35 and max(zeros) > 0.7  # few zeros to mostly zeros
 
 
-@pytest.mark.parametrize("shape", list(L0_CASES), ids=lambda s: f"{s[0]}x{s[1]}")
+# One shape per penalty in the default run (CI ≤ 10 min); the larger ones with `-m slow`.
+DEFAULT_SHAPES = {(2, 3)}
+
+
+def _shapes(table):
+    return [pytest.param(s, id=f"{s[0]}x{s[1]}", marks=[] if s in DEFAULT_SHAPES else [pytest.mark.slow])
+            for s in table]
+
+
+@pytest.mark.parametrize("shape", _shapes(L0_CASES))
 def test_l0_reaches_global_minimum(shape):
     """ℓ0 in a KFAC metric: the global minimum (exact enumeration of supports), across conditioning and λ."""
     assert_global_minimum(L0(), shape, L0_CASES[shape], exact_l0, functools.partial(f_np, "l0"))
 
 
-@pytest.mark.parametrize("shape", list(LHALF_CASES), ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("shape", _shapes(LHALF_CASES))
 def test_lhalf_reaches_global_minimum(shape):
     """ℓ½ in a KFAC metric: the global minimum (branch and bound over orthants), across conditioning and λ."""
     assert_global_minimum(Lq(0.5), shape, LHALF_CASES[shape], lhalf_global,

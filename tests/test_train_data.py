@@ -95,7 +95,7 @@ def test_batches_cover_each_example_once():
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
-@pytest.mark.parametrize("shape", [(8, 8, 1), (40, 1)])
+@pytest.mark.parametrize("shape", [(8, 8, 1), pytest.param((40, 1), marks=pytest.mark.slow)])  # 1-D: mnist1d
 def test_models_output_shapes_and_kernel_mask(name, shape):
     m = models.make_model(name, shape, 10, seed=0)
     out = m(jnp.zeros((3, *shape)))

@@ -119,7 +119,7 @@ def verify(model: nnx.Module, small: nnx.Module, plan: Plan, args: tuple, rtol: 
 
 
 def compact(model: nnx.Module, example_input: Any, *, prune_inputs: bool = False, unknown: str = "raise",
-            rtol: float = 1e-5) -> nnx.Module:
+            rtol: float = 1e-5, multiple_of: int = 1) -> nnx.Module:
     """The physically smaller model: dead neurons, filters, heads (and unused input features) removed.
 
     A unit (output neuron, filter, attention head) goes when its output cannot change the model's eval-mode
@@ -136,6 +136,8 @@ def compact(model: nnx.Module, example_input: Any, *, prune_inputs: bool = False
       unknown: ``"raise"`` (default) or ``"keep"``: what to do when a removable unit meets a primitive the
         compaction does not know (see :func:`~proxgen_jax.compaction.plan.make_plan`).
       rtol: accepted relative difference of the outputs on ``example_input`` (relative to the largest output).
+      multiple_of: keep removable units so that each width stays a multiple of this (e.g. 8: faster XLA kernels
+        than odd widths; see :func:`~proxgen_jax.compaction.plan.make_plan`); ``1`` removes every removable unit.
 
     Returns:
       A new module of the same classes, with smaller parameters, in the same train/eval mode as ``model``.
@@ -148,13 +150,14 @@ def compact(model: nnx.Module, example_input: Any, *, prune_inputs: bool = False
       Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023 (dependency groups).
     """
     args = as_args(example_input)
-    plan = make_plan(model, args, prune_inputs=prune_inputs, unknown=unknown)
+    plan = make_plan(model, args, prune_inputs=prune_inputs, unknown=unknown, multiple_of=multiple_of)
     small = apply_plan(model, plan)
     verify(model, small, plan, args, rtol)
     return small
 
 
 def compaction_plan(model: nnx.Module, example_input: Any, *, prune_inputs: bool = False,
-                    unknown: str = "raise") -> Plan:
+                    unknown: str = "raise", multiple_of: int = 1) -> Plan:
     """The :class:`~proxgen_jax.compaction.plan.Plan` :func:`compact` applies (kept indices per leaf and input)."""
-    return make_plan(model, as_args(example_input), prune_inputs=prune_inputs, unknown=unknown)
+    return make_plan(model, as_args(example_input), prune_inputs=prune_inputs, unknown=unknown,
+                     multiple_of=multiple_of)

@@ -124,7 +124,7 @@ class CompactionReport:
 
 
 def compaction_report(model: nnx.Module, example_input: Any, *, prune_inputs: bool = False,
-                      unknown: str = "raise", rtol: float = 1e-5) -> CompactionReport:
+                      unknown: str = "raise", rtol: float = 1e-5, multiple_of: int = 1) -> CompactionReport:
     """Compacts ``model`` (as :func:`~proxgen_jax.compaction.compact` does) and reports per layer.
 
     Args:
@@ -133,12 +133,13 @@ def compaction_report(model: nnx.Module, example_input: Any, *, prune_inputs: bo
       prune_inputs: as in :func:`~proxgen_jax.compaction.compact`.
       unknown: as in :func:`~proxgen_jax.compaction.compact`.
       rtol: as in :func:`~proxgen_jax.compaction.compact`.
+      multiple_of: as in :func:`~proxgen_jax.compaction.compact`.
 
     Returns:
       A :class:`CompactionReport`; ``str(report)`` is a Markdown table.
     """
     args = as_args(example_input)
-    plan = make_plan(model, args, prune_inputs=prune_inputs, unknown=unknown)
+    plan = make_plan(model, args, prune_inputs=prune_inputs, unknown=unknown, multiple_of=multiple_of)
     small = apply_plan(model, plan)
     err = verify(model, small, plan, args, rtol)
     batch = int(np.shape(args[0])[0]) if np.ndim(args[0]) else 1

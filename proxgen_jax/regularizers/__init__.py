@@ -8,6 +8,7 @@ from proxgen_jax.regularizers.l1 import L1
 from proxgen_jax.regularizers.levels import BINARY_LEVELS, TERNARY_LEVELS, uniform_levels
 from proxgen_jax.regularizers.lq import Lq, lq
 from proxgen_jax.regularizers.mcp import MCP
+from proxgen_jax.regularizers.nuclear import NuclearNorm
 from proxgen_jax.regularizers.quantization import Quantization, binary, ternary
 from proxgen_jax.regularizers.scad import SCAD
 
@@ -21,6 +22,7 @@ __all__ = [
     "L0",
     "L1",
     "MCP",
+    "NuclearNorm",
     "SCAD",
     "Lq",
     "Quantization",

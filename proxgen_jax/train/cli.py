@@ -56,10 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="α (constant)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="budget: exactly this fraction of every kernel's weights zero, projected in Adam's metric "
+                        "(prox_sparsity; Zhu & Gupta ramp, then the zero pattern frozen); default optimizer "
+                        "proxgen_adam, no penalty unless --regularizer")
+    p.add_argument("--nm", default=None, metavar="N:M",
+                   help="budget: at most N nonzeros in every M consecutive inputs of each kernel (prox_nm), e.g. 2:4")
+    p.add_argument("--budget-scope", choices=("leaf", "global"), default="leaf",
+                   help="--sparsity per kernel (leaf) or one budget over all kernels (global)")
+    p.add_argument("--budget-units", choices=("weights", "filters"), default="weights",
+                   help="--sparsity counts weights or whole output filters / neurons")
+    p.add_argument("--freeze-at", type=float, default=0.75,
+                   help="--sparsity: fraction of training after which the zero pattern is frozen (1: never)")
     p.add_argument("--out", default="runs/train", help="output directory for results.json and PNGs")
     p.add_argument("--quick", action="store_true", help="a < 1–2 min smoke run: ProxGen ℓ½ vs subgradient ℓ½")
     p.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--compact", action="store_true",
+                   help="after training, compact the model (proxgen_jax.compact) and print the compaction "
+                        "report, the smaller model's accuracy and its latency")
     return p
 
 
@@ -109,6 +124,8 @@ def format_table(runs: Sequence[dict], task: str = "sparse") -> str:
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fills task-dependent defaults (model, regularizers, optimizers, λ, q, epochs)."""
     d = TASK_DEFAULTS[args.task]
+    if _budget(args) is not None:  # a budget needs no penalty; proxgen_adam projects onto it
+        d = dict(d, regularizer=["none"], optimizer=["proxgen_adam"], lam=[0.0])
     args.model = args.model or ("mlp" if getattr(args, "scale", None) else d["model"])
     args.regularizer = args.regularizer or list(d["regularizer"])
     args.optimizer = args.optimizer or list(d["optimizer"])
@@ -127,10 +144,30 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _budget(args: argparse.Namespace):
+    """The :class:`~proxgen_jax.train.budgets.Budget` of ``--sparsity`` / ``--nm`` (``None`` without either)."""
+    from proxgen_jax.train.budgets import Budget, parse_nm
+    sp, nm = getattr(args, "sparsity", None), getattr(args, "nm", None)
+    if sp is None and nm is None:
+        return None
+    try:
+        if sp is not None and nm is not None:
+            raise ValueError("give --sparsity or --nm, not both")
+        if nm is not None:
+            n, m = parse_nm(nm)
+            return Budget("nm", n=n, m=m)
+        return Budget("sparsity", sparsity=sp, scope=args.budget_scope, units=args.budget_units,
+                      freeze_at=None if args.freeze_at >= 1 else args.freeze_at)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
 def run_grid(args: argparse.Namespace, data=None) -> list[dict]:
     """Trains every (optimizer, regularizer, λ, seed) combination; returns the run histories."""
+    from proxgen_jax.train.budgets import train_budget_run
     from proxgen_jax.train.data import load_dataset
     from proxgen_jax.train.loop import RunConfig, train_run
+    budget = _budget(args)
     runs = []
     for seed in range(args.seeds):
         split = data if data is not None else load_dataset(args.dataset, seed=seed)
@@ -145,7 +182,11 @@ def run_grid(args: argparse.Namespace, data=None) -> list[dict]:
                                     lam=lam, optimizer=opt, epochs=args.epochs, batch_size=args.batch_size,
                                     lr=args.lr, seed=seed, bits=getattr(args, "bits", None),
                                     scale=getattr(args, "scale", None))
-                    runs.append(train_run(cfg, split, progress=not args.no_progress))
+                    if getattr(args, "compact", False):
+                        runs.append(compact_run(cfg, split, budget, progress=not args.no_progress))
+                        continue
+                    runs.append(train_run(cfg, split, progress=not args.no_progress) if budget is None else
+                                train_budget_run(cfg, split, budget, progress=not args.no_progress))
     return runs
 
 
@@ -168,7 +209,75 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"\n{args.task} task — {args.model} on {args.dataset}, {args.epochs} epochs, lr={args.lr:g}, "
           f"λ={', '.join(f'{v:g}' for v in args.lam)}, {args.seeds} seed(s)\n")
     print(table)
+    from proxgen_jax.train.budgets import format_structure
+    structure = format_structure(runs)
+    if structure:
+        print("\n" + structure)
+    for r in runs:
+        if "compaction" in r:
+            print(f"\n{r['label']} (seed {r['config']['seed']}):\n" + format_compaction(r["compaction"]))
     print(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {len(plots)} PNGs" if plots else "")
           + f" in {results['wall_time_s']:.0f} s")
     sys.stdout.flush()
     return results
+
+
+def trained_model(run, data):
+    """The trained network of a :class:`~proxgen_jax.train.loop.TrainedRun` as an nnx module (eval mode).
+
+    Parameters from ``run.params``, BatchNorm statistics from the run's evaluation closure; the module is checked
+    to reproduce ``run.logits`` on test inputs (``RuntimeError`` otherwise), so nothing is rebuilt approximately.
+    """
+    import inspect
+
+    import jax.numpy as jnp
+
+    from proxgen_jax.compaction.measure import with_state
+    from proxgen_jax.train.models import make_model
+    cfg = run.history["config"]
+    if "gates" in run.params:
+        raise ValueError("gated (ℓ0-hc) runs have no single parameter tree to compact")
+    x_tr, y_tr, x_te, y_te = data
+    model = make_model(cfg["model"], x_tr.shape[1:], int(max(y_tr.max(), y_te.max())) + 1, seed=cfg["seed"],
+                       hidden=cfg["hidden"], channels=cfg["channels"])
+    model = with_state(model, run.params, inspect.getclosurevars(run.logits).nonlocals.get("rest"))
+    model.eval()
+    x = jnp.asarray(x_te[:64])
+    want, got = np.asarray(run.logits(run.params, x)), np.asarray(model(x))
+    if np.max(np.abs(want - got)) > 1e-5 * max(float(np.max(np.abs(want))), 1e-30):
+        raise RuntimeError("the rebuilt nnx model does not reproduce the trained run's logits")
+    return model
+
+
+def compact_run(cfg, data, budget=None, *, progress: bool = True, repeats: int = 30) -> dict:
+    """``--compact``: one training run, then :func:`proxgen_jax.compaction_report` on the trained model and the
+    accuracy and jitted latency (batch 1 and 256) of the dense and the compacted model; ``history["compaction"]``.
+    """
+    if budget is not None:
+        raise SystemExit("--compact is not available with --sparsity/--nm yet (the budget run does not return its "
+                         "parameters); train the group task with a penalty instead")
+    import jax.numpy as jnp
+
+    from proxgen_jax.compaction import compaction_report
+    from proxgen_jax.compaction.measure import compare
+    from proxgen_jax.train.loop import _train
+    run = _train(cfg, data, progress=progress, spec=None, log_state=None)
+    dense = trained_model(run, data)
+    rep = compaction_report(dense, jnp.asarray(data[2][:8]))
+    cmp = compare(dense, rep.model, data[2], data[3], batch_sizes=(1, 256), repeats=repeats)
+    run.history["compaction"] = {"table": str(rep), "totals": rep.totals, **cmp}
+    return run.history
+
+
+def format_compaction(c: dict) -> str:
+    """The printed block of ``--compact``: the per-layer report, accuracy and latency, dense vs compacted."""
+    t = c["totals"]
+    lines = [c["table"], "",
+             f"parameters {t['params_before']:,} → {t['params_after']:,} "
+             f"({t['bytes_before']:,} → {t['bytes_after']:,} bytes); FLOPs/example {t['flops_before']:,} → "
+             f"{t['flops_after']:,}; max relative output difference {t['output_rel_error']:.1e}",
+             f"test accuracy: dense {100 * c['acc_dense']:.2f} %, compacted {100 * c['acc_small']:.2f} %"]
+    for b, lt in c["latency"].items():
+        lines.append(f"latency (jitted, CPU, batch {b}): dense {lt['dense_ms']:.3f} ms, compacted "
+                     f"{lt['small_ms']:.3f} ms ({lt['speedup']:.2f}×)")
+    return "\n".join(lines)

@@ -174,7 +174,7 @@ def _learned_scale_spec(name: str, levels, q: float, lam: float, lr: float, tota
 
 def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhalf", q: float = 0.5,
                     lam: float = 1e-4, lr: float = 1e-3, total_steps: int = 1000, bits: int | None = None,
-                    scale: str | None = None) -> OptimizerSpec:
+                    scale: str | None = None, budget: Any = None) -> OptimizerSpec:
     """Builds an :class:`OptimizerSpec` for a CLI optimizer name.
 
     Args:
@@ -191,6 +191,9 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
         scales, every kernel quantised (``adam``: post-training fit; ``binary_connect``: straight-through with a
         least-squares scale; ``proxquant``: Euclidean prox + least-squares fit, PARQ's rule; ``revised_proxquant``:
         the prox and the fit in the metric ``C_t+δI``); the test accuracy is after snapping to ``s·L``.
+      budget: a :class:`~proxgen_jax.train.budgets.Budget` on the kernels (``--sparsity`` / ``--nm``):
+        ``proxgen_adam`` projects onto it in Adam's metric (with ``λR`` too unless ``regularizer="none"``);
+        ``adam`` stays the dense reference.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
@@ -204,6 +207,9 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
         raise ValueError(f"scale must be 'tensor' or 'channel' with the binary task, got {scale!r} (task={task!r})")
     if bits is not None and (task != "binary" or not isinstance(bits, int) or bits < 1):
         raise ValueError(f"bits must be an int >= 1 with the binary task, got {bits!r} (task={task!r})")
+    if budget is not None:
+        return _budget_spec(name, budget, task=task, regularizer=regularizer, q=q, lam=lam, lr=lr,
+                            total_steps=total_steps)
     levels = quantization_levels(bits)
     if scale is not None:
         return _learned_scale_spec(name, levels, q, lam, lr, total_steps, scale)
@@ -251,6 +257,20 @@ def build_optimizer(name: str, *, task: str = "sparse", regularizer: str = "lhal
                                           "gates": jax.tree.map(lambda _: "g", t["gates"])})
     return OptimizerSpec(name, tx, L0(), lam, mask, init_gates=hc.init, gated_forward=hc.sample,
                          gate_penalty=hc.penalty, gated_eval=hc.deterministic)
+
+
+def _budget_spec(name: str, budget, *, task: str, regularizer: str, q: float, lam: float, lr: float,
+                 total_steps: int) -> OptimizerSpec:
+    """A budget on the kernels: ``proxgen_adam`` (the projection in Adam's metric) or ``adam`` (dense)."""
+    from proxgen_jax.train.budgets import budget_tx
+    if task != "sparse" or name not in ("proxgen_adam", "adam"):
+        raise ValueError(f"a budget (--sparsity / --nm) needs the sparse task and proxgen_adam or adam, got "
+                         f"{name!r} (task={task!r})")
+    if name == "adam":
+        return OptimizerSpec(name, optax.adam(lr), None, 0.0, kernels_only)
+    reg = None if regularizer == "none" else make_regularizer(regularizer, q=q)
+    tx = budget_tx(budget, lr, total_steps, regularizer=reg, lam=lam if reg is not None else 0.0)
+    return OptimizerSpec(name, tx, reg, lam if reg is not None else 0.0, kernels_only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ from proxgen_jax.transforms.prox_group import (
     prox_group_l12,
     prox_group_mcp,
 )
+from proxgen_jax.transforms.prox_nuclear import prox_nuclear
 from proxgen_jax.transforms.prox_quantize import LearnedScaleState, learned_scales, prox_quantize, uniform_levels
 from proxgen_jax.transforms.prox_transforms import (
     prox_binary,
@@ -62,6 +63,7 @@ __all__ = [
     "prox_l1",
     "prox_lq",
     "prox_mcp",
+    "prox_nuclear",
     "prox_quantize",
     "prox_scad",
     "proximal_step",

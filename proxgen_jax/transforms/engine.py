@@ -83,6 +83,24 @@ class StepProblem(NamedTuple):
                 out.append((-decay * p.astype(leaf.theta.dtype) - leaf.alpha * leaf.direction).astype(p.dtype))
         return jax.tree.unflatten(self.treedef, out)
 
+    def landing_updates(self, solutions: Sequence[Any]) -> Any:
+        """:meth:`updates` with each solved leaf's update nudged (≤ 2 ulps) so that ``θ_t + u``, as
+        ``optax.apply_updates`` rounds it, equals ``x`` cast to the params' dtype — a weight the prox put on a
+        level ``s·ℓ`` stays exactly there (``fl(θ + fl(x − θ))`` can miss ``x`` by an ulp). Where no such ``u``
+        exists (``|x| ≪ |θ_t|``) the nearest one is kept. Costs four compare-and-steps per coordinate: for links
+        whose solutions must land exactly (learned quantisation levels)."""
+        ups = self.treedef.flatten_up_to(self.updates(solutions))
+        out = []
+        for p, u, x in zip(self.params, ups, solutions):
+            if x is not None:
+                target = x.astype(p.dtype)
+                down, up = jnp.asarray(-jnp.inf, p.dtype), jnp.asarray(jnp.inf, p.dtype)
+                for _ in range(2):
+                    u = jnp.where(p + u > target, jnp.nextafter(u, down), u)
+                    u = jnp.where(p + u < target, jnp.nextafter(u, up), u)
+            out.append(u)
+        return jax.tree.unflatten(self.treedef, out)
+
     def new_params(self, solutions: Sequence[Any]) -> list:
         """What ``optax.apply_updates`` will produce from :meth:`updates` (per leaf, in the params' dtype)."""
         ups = self.treedef.flatten_up_to(self.updates(solutions))

@@ -172,7 +172,7 @@ def prox_quantize(levels: LevelsOrFn, q: float = 1.0, lam: optax.ScalarOrSchedul
             s = fit_scale(z, c, s_prev.astype(z.dtype), lv, axes)
             xs.append(scaled_prox(Quantization(lv, q), z, leaf.alpha / c, jnp.asarray(hp.lam, z.dtype), s, q))
             scales.append(s.astype(s_prev.dtype))
-        return landing_updates(step, xs), LearnedScaleState(optax.safe_increment(state.count), tuple(scales))
+        return step.landing_updates(xs), LearnedScaleState(optax.safe_increment(state.count), tuple(scales))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -185,24 +185,6 @@ def scaled_prox(base: Quantization, z, step, lam, s, q: float):
     s_safe = jnp.where(pos, s, jnp.ones_like(s))
     y = base.prox(z / s_safe, step, lam * s_safe ** (q - 2.0))
     return jnp.where(pos, s_safe * y, z)
-
-
-def landing_updates(step, xs) -> Any:
-    """``step.updates(xs)`` with each solved leaf's update nudged (≤ 2 ulps) so that ``θ_t + u``, as
-    ``optax.apply_updates`` rounds it, equals ``x`` cast to the params' dtype — a weight the prox put on ``s·ℓ``
-    stays exactly there (``fl(θ + fl(x − θ))`` can miss ``x`` by an ulp). Where no such ``u`` exists
-    (``|x| ≪ |θ_t|``) the nearest one is kept."""
-    ups = step.treedef.flatten_up_to(step.updates(xs))
-    out = []
-    for p, u, x in zip(step.params, ups, xs):
-        if x is not None:
-            target = x.astype(p.dtype)
-            down, up = jnp.asarray(-jnp.inf, p.dtype), jnp.asarray(jnp.inf, p.dtype)
-            for _ in range(2):
-                u = jnp.where(p + u > target, jnp.nextafter(u, down), u)
-                u = jnp.where(p + u < target, jnp.nextafter(u, up), u)
-        out.append(u)
-    return jax.tree.unflatten(step.treedef, out)
 
 
 def learned_scales(opt_state: Any) -> tuple:
