@@ -27,6 +27,7 @@ BENCHMARKS = [  # (script, JSON file it writes, PNG files it writes)
     ("group_step_time.py", "group_step_time.json", []),
     ("target_sparsity.py", "target_sparsity.json", []),
     ("quantization.py", "quantization.json", ["quantization.png"]),
+    ("compaction.py", "compaction.json", ["compaction.png"]),
 ]
 
 

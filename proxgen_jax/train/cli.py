@@ -225,11 +225,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def trained_model(run, data):
     """The trained network of a :class:`~proxgen_jax.train.loop.TrainedRun` as an nnx module (eval mode).
 
-    Parameters from ``run.params``, BatchNorm statistics from the run's evaluation closure; the module is checked
+    Parameters from ``run.params``, BatchNorm statistics from ``run.model_state``; the module is checked
     to reproduce ``run.logits`` on test inputs (``RuntimeError`` otherwise), so nothing is rebuilt approximately.
     """
-    import inspect
-
     import jax.numpy as jnp
 
     from proxgen_jax.compaction.measure import with_state
@@ -240,7 +238,7 @@ def trained_model(run, data):
     x_tr, y_tr, x_te, y_te = data
     model = make_model(cfg["model"], x_tr.shape[1:], int(max(y_tr.max(), y_te.max())) + 1, seed=cfg["seed"],
                        hidden=cfg["hidden"], channels=cfg["channels"])
-    model = with_state(model, run.params, inspect.getclosurevars(run.logits).nonlocals.get("rest"))
+    model = with_state(model, run.params, run.model_state)
     model.eval()
     x = jnp.asarray(x_te[:64])
     want, got = np.asarray(run.logits(run.params, x)), np.asarray(model(x))

@@ -93,6 +93,8 @@ class TrainedRun(NamedTuple):
       opt_state: the final optimizer state.
       logits: ``(params, x) → logits`` of the model in evaluation mode (jitted; ``params`` shaped like ``θ``).
       evaluate: ``(params, x, y) → (mean cross-entropy, accuracy)`` over a whole set, in chunks.
+      model_state: the model's non-trainable state at the end (BatchNorm statistics; a pure dict), what
+        ``logits`` evaluates with — to rebuild the trained nnx module (e.g. for ``compact``).
     """
 
     history: dict
@@ -100,6 +102,7 @@ class TrainedRun(NamedTuple):
     opt_state: Any
     logits: Callable[[Any, Any], jax.Array]
     evaluate: Callable[[Any, Any, Any], tuple[float, float]]
+    model_state: Any = None
 
 
 def masked_values(params: Any, mask: MaskOrFn = None) -> np.ndarray:
@@ -361,4 +364,4 @@ def _train(cfg: RunConfig, data: Split, *, progress: bool, spec: OptimizerSpec |
                      "train_s": hist["train_s"][-1], "steps": total_steps}
     hist["conditions"] = summarize(hist["per_step"])
     return TrainedRun(hist, trainable, opt_state, lambda p, x: eval_logits(p, rest, jnp.asarray(x)),
-                      lambda p, x, y: evaluate(p, rest, x, y))
+                      lambda p, x, y: evaluate(p, rest, x, y), rest)
