@@ -344,8 +344,28 @@ def findings(rows) -> list[str]:
                     if a["method"] == "metric" and b["method"] == "euclid" and (a["kind"], a["target"]) ==
                     (b["kind"], b["target"])]
         if me_vs_eu:
+            pairs = [(a, b) for a in mr for b in mr if a["method"] == "metric" and b["method"] == "euclid"
+                     and (a["kind"], a["target"]) == (b["kind"], b["target"])]
+            better = sum(x > y for a, b in pairs for x, y in zip(a["acc"], b["acc"]))
+            worse = sum(x < y for a, b in pairs for x, y in zip(a["acc"], b["acc"]))
             out.append("  Metric − Euclidean projection (same link, same schedule): "
-                       + ", ".join(f"{v:+.1f}" for v in me_vs_eu) + " pt (budgets in table order).")
+                       + ", ".join(f"{v:+.1f}" for v in me_vs_eu) + " pt (budgets in table order); seed by seed "
+                       f"(same initial weights and batches) the metric is better in {better}, worse in {worse} "
+                       f"of {sum(len(a['acc']) for a, _ in pairs)} paired runs.")
+        dense = next((r for r in rows if r["model"] == model and r["kind"] == "dense"), None)
+        ctrl = [r for r in mr if r["method"] == "l1+ctrl"]
+        if dense and ctrl:
+            worst = min(ctrl, key=lambda r: r["acc_mean"])
+            gap = 100 * max(abs(r["sparsity_mean"] - r["target"]) for r in ctrl)
+            out.append(f"  ℓ1 + λ controller: reaches the sparsity (within {gap:.1f} pt) but its accuracy is the "
+                       f"lowest at every budget, down to {100 * worst['acc_mean']:.1f} ± "
+                       f"{100 * worst['acc_std']:.1f} % at {_budget_name(worst)} "
+                       f"(dense {100 * dense['acc_mean']:.1f} %): the penalty shrinks every kept weight and gets no "
+                       "healing phase."
+                       if all(r["acc_mean"] <= min(q["acc_mean"] for q in mr if (q["kind"], q["target"]) ==
+                                                   (r["kind"], r["target"])) for r in ctrl) else
+                       f"  ℓ1 + λ controller: within {gap:.1f} pt of the sparsity; worst accuracy "
+                       f"{100 * worst['acc_mean']:.1f} % at {_budget_name(worst)}.")
     return out
 
 
@@ -383,7 +403,18 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 1000 CNN, 600 ResNet)")
     ap.add_argument("--models", default=None, help="comma-separated: cnn,resnet")
+    ap.add_argument("--report-only", action="store_true", help="recompute table, findings and PNG from OUT's JSON")
     args = ap.parse_args(argv)
+    if args.report_only:
+        path = os.path.join(args.out, "budgets.json")
+        with open(path) as f:
+            result = json.load(f)
+        result["table"], result["findings"] = table(result["rows"], result["seeds"]), findings(result["rows"])
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        plot(result["rows"], os.path.join(args.out, "budgets.png"))
+        print(result["table"] + "\n\nFindings:\n" + "\n".join(result["findings"]))
+        return result
     models = (args.models or ("cnn" if args.quick else "cnn,resnet")).split(",")
     seeds = args.seeds or (1 if args.quick else 3)
     default_steps = {"cnn": 150, "resnet": 150} if args.quick else {"cnn": 1000, "resnet": 600}

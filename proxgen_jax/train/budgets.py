@@ -103,19 +103,22 @@ def nm_kernels(m: int):
 def budget_tx(budget: Budget, learning_rate: float, total_steps: int, *, euclidean: bool = False,
               regularizer: Any = None, lam: float = 0.0) -> optax.GradientTransformation:
     """``chain(preconditioner, budget)``: ProxGen's Adam metric (default) or a plain Adam step (``euclidean``)."""
-    import proxgen_jax as pg
-    pre = optax.scale_by_adam() if euclidean else pg.scale_by_adam_precond()
+    from proxgen_jax.preconditioners import scale_by_adam_precond
+    from proxgen_jax.transforms.budgets import prox_nm, prox_sparsity
+    from proxgen_jax.transforms.prox_group import output_unit_groups
+    from proxgen_jax.transforms.sparsity_recipes import sparsity_schedule
+    pre = optax.scale_by_adam() if euclidean else scale_by_adam_precond()
     if budget.kind == "nm":
-        link = pg.prox_nm(budget.n, budget.m, learning_rate, regularizer=regularizer, lam=lam,
+        link = prox_nm(budget.n, budget.m, learning_rate, regularizer=regularizer, lam=lam,
                           mask=nm_kernels(budget.m))
         return optax.chain(pre, link)
     end = int(round(budget.ramp_end * total_steps))
-    sched = budget.sparsity if end < 1 else pg.sparsity_schedule(budget.sparsity, begin_step=0, end_step=end)
+    sched = budget.sparsity if end < 1 else sparsity_schedule(budget.sparsity, begin_step=0, end_step=end)
     freeze = None
     if budget.freeze_at is not None and budget.freeze_at < 1.0:
         freeze = max(int(round(budget.freeze_at * total_steps)), end)
-    groups = pg.output_unit_groups if budget.units == "filters" else None
-    link = pg.prox_sparsity(sched, learning_rate, group_axes=groups, scope=budget.scope, regularizer=regularizer,
+    groups = output_unit_groups if budget.units == "filters" else None
+    link = prox_sparsity(sched, learning_rate, group_axes=groups, scope=budget.scope, regularizer=regularizer,
                             lam=lam, mask=kernels_only, freeze_after=freeze)
     return optax.chain(pre, link)
 
