@@ -71,9 +71,9 @@ def _torch_cnn(params):
         for i in (0, 1):
             k = np.asarray(params["convs"][i]["kernel"])  # (kh, kw, in, out)
             getattr(m, f"conv{i}").weight.copy_(torch.from_numpy(k.transpose(3, 2, 0, 1).copy()))
-            getattr(m, f"conv{i}").bias.copy_(torch.from_numpy(np.asarray(params["convs"][i]["bias"])))
+            getattr(m, f"conv{i}").bias.copy_(torch.from_numpy(np.array(params["convs"][i]["bias"])))
         m.head.weight.copy_(torch.from_numpy(np.asarray(params["head"]["kernel"]).T.copy()))
-        m.head.bias.copy_(torch.from_numpy(np.asarray(params["head"]["bias"])))
+        m.head.bias.copy_(torch.from_numpy(np.array(params["head"]["bias"])))
     return m
 
 

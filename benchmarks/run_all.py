@@ -232,7 +232,7 @@ def _budgets_section(results: str) -> list[str]:
     L = ["## Budgets: exact sparsity, 2:4 and filter budgets in Adam's metric (`benchmarks/budgets.py`)", ""]
     if not d:
         return L + ["_not run_", ""]
-    L += [f"Digits, {', '.join(d['models'])}; {d['seeds']} seeds; steps {d['steps']}; α = {d['lr']:g}, batch "
+    L += [f"Digits, {', '.join(d['models'])}; {d['seeds']} seeds; steps {', '.join(f'{k} {v}' for k, v in d['steps'].items())}; α = {d['lr']:g}, batch "
           f"{d['batch']}; Zhu & Gupta ramp from {100 * d['ramp'][0]:g} % to {100 * d['ramp'][1]:g} % of the steps, "
           f"zeros frozen (healing) from {100 * d['freeze']:g} % for metric/euclid; the first layer stays dense. "
           "metric = ProxGen's projection after `scale_by_adam_precond()`; euclid = the same link after "

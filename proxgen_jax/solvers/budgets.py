@@ -96,13 +96,21 @@ def budget_count(sparsity, units: int) -> jax.Array:
 
 def nm_mask(gain: jax.Array, n: int, m: int, axis: int) -> jax.Array:
     """Free entries of an N:M pattern: in every block of ``m`` consecutive entries along ``axis``, the ``n`` with
-    the largest gain (ties to the lower index). Exact: the constraint separates by block."""
-    g = jnp.moveaxis(gain, axis, -1)
-    blocks = g.reshape(g.shape[:-1] + (g.shape[-1] // m, m))
-    gi = blocks[..., :, None]
-    gj = blocks[..., None, :]
-    idx = jnp.arange(m)
-    before = (gj > gi) | ((gj == gi) & (idx[None, :] < idx[:, None]))
-    rank = jnp.sum(before, axis=-1)
-    keep = (rank < n).reshape(g.shape)
-    return jnp.moveaxis(keep, -1, axis)
+    the largest gain (ties to the lower index). Exact: the constraint separates by block.
+
+    The blocks are split in place (``axis`` of length ``L`` read as ``(L/m, m)``, no transpose) and each entry's
+    rank in its block is counted from ``m − 1`` elementwise comparisons, so XLA fuses the whole mask into one loop.
+    """
+    axis %= gain.ndim
+    shape = gain.shape
+    if n >= m:
+        return jnp.ones(shape, bool)
+    blocks = gain.reshape(shape[:axis] + (shape[axis] // m, m) + shape[axis + 1:])
+    entries = [jax.lax.index_in_dim(blocks, i, axis + 1, keepdims=True) for i in range(m)]
+    one, zero = jnp.ones([], jnp.int32), jnp.zeros([], jnp.int32)
+    ranks = []
+    for i, gi in enumerate(entries):  # entries ahead of i: larger, or equal with a lower index
+        ahead = [jnp.where((gj >= gi) if j < i else (gj > gi), one, zero) for j, gj in enumerate(entries) if j != i]
+        ranks.append(sum(ahead[1:], ahead[0]))
+    # (measured on XLA:CPU: concatenating the ranks fuses into one vectorised loop; stacking the masks was 4× slower)
+    return (jnp.concatenate(ranks, axis=axis + 1) < n).reshape(shape)

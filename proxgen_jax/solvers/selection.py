@@ -33,12 +33,12 @@ import jax.numpy as jnp
 
 #: Sample size of the sample-guided search (a strided subsample of the scores).
 SAMPLE_SIZE = 4096
-#: The search ends by gathering the bracket's entries once it holds at most FEW of them, one per row of ROWS rows
-#: (two in one row — probability ≈ FEW²/2·ROWS ≈ 6 % — and the search goes on instead).
+#: The search ends by gathering the bracket's entries once it holds at most FEW of them, one per group of ROWS groups
+#: (two in one group — probability ≈ FEW²/2·ROWS ≈ 6 % — and the search goes on instead).
 FEW = 32
 ROWS = 8192
 _METHODS = ("auto", "search", "bisect")
-_ROW = 64  # counting in int8 rows of 64 (exact: ≤ 64 < 127), then int32 over rows: ~2× an int32 reduction on CPU
+_ROW = 64  # count in int8 over 64 rows (exact: ≤ 64 < 127), then in the bits' integer type over the columns
 
 
 def ordered_bits(scores: jax.Array) -> jax.Array:
@@ -55,8 +55,11 @@ def count_at_least(bits: jax.Array, t) -> jax.Array:
     main = n - n % _ROW
     count = jnp.zeros([], bits.dtype)
     if main:
-        rows = (bits[:main] >= t).astype(jnp.int8).reshape(-1, _ROW)
-        count += jnp.sum(jnp.sum(rows, axis=1, dtype=jnp.int8).astype(bits.dtype), dtype=bits.dtype)
+        # int8 partial counts over 64 rows (exact: ≤ 64), summed down the major axis so that XLA:CPU vectorises
+        # the reduction across columns (measured: 1.4 ms per pass over 4.7M entries, against 16 ms reducing each
+        # row of 64 along the minor axis and 8 ms for one int32 sum).
+        rows = (bits[:main] >= t).astype(jnp.int8).reshape(_ROW, -1)
+        count += jnp.sum(jnp.sum(rows, axis=0, dtype=jnp.int8).astype(bits.dtype), dtype=bits.dtype)
     if n > main:
         count += jnp.sum(bits[main:] >= t, dtype=bits.dtype)
     return count
@@ -124,9 +127,9 @@ def kth_largest_search(bits: jax.Array, k) -> tuple[jax.Array, jax.Array, jax.Ar
             jnp.zeros([], jnp.int32), top, top, top)
     state = jax.lax.while_loop(many, body, init)
 
-    def finish(s):  # the few entries of the bracket, one per row (or the search goes on if two share a row)
-        i, lo, _, hi, c_hi = s[:5]
-        few, alone = _bracket_entries(bits, lo, hi)
+    def finish(s):  # the few entries of the bracket, one per group (or the search goes on if two share one)
+        i, lo, c_lo, hi, c_hi = s[:5]
+        few, alone = _bracket_entries(bits, lo, hi, c_lo - c_hi)
         t = kth_largest_bisect(few, k - c_hi)  # a small array: no full pass
         found = (t, c_hi + jnp.sum(few >= t, dtype=it), i + 1)
         return jax.lax.cond(alone, lambda: found, lambda: searched(jax.lax.while_loop(open_, body, s)))
@@ -137,19 +140,20 @@ def kth_largest_search(bits: jax.Array, k) -> tuple[jax.Array, jax.Array, jax.Ar
     return jax.lax.cond(open_(state), finish, searched, state)
 
 
-def _bracket_entries(bits, lo, hi) -> tuple[jax.Array, jax.Array]:
-    """The entries with ``lo ≤ b < hi`` gathered by one pass: the largest of each of ``ROWS`` rows of consecutive
-    entries (−1 where a row has none), then the remainder as it is; and whether no row held two of them."""
+def _bracket_entries(bits, lo, hi, inside) -> tuple[jax.Array, jax.Array]:
+    """The entries with ``lo ≤ b < hi`` gathered by one pass: the largest of each of ``ROWS`` groups of entries
+    (−1 where a group has none), then the remainder as it is; and whether no group held two of them, i.e. whether
+    the gathered entries number ``inside = #(lo ≤ b < hi)`` (known to the search: no counting pass)."""
     n = bits.shape[0]
-    inside = (bits >= lo) & (bits < hi)
-    vals = jnp.where(inside, bits, -jnp.ones_like(bits))
+    vals = jnp.where((bits >= lo) & (bits < hi), bits, -jnp.ones_like(bits))
     width = n // ROWS
     if width < 2:
         return vals, jnp.ones([], bool)
     main = width * ROWS
-    rows = vals[:main].reshape(ROWS, width)
-    counts = jnp.sum(inside[:main].astype(jnp.int8).reshape(ROWS, width), axis=1, dtype=jnp.int32)
-    return jnp.concatenate([jnp.max(rows, axis=1), vals[main:]]), jnp.all(counts <= 1)
+    # Groups of entries ROWS apart (entry i in group i mod ROWS): reduced down the major axis, which XLA:CPU
+    # vectorises (a reduction along rows of consecutive entries is ~10× slower per pass).
+    few = jnp.concatenate([jnp.max(vals[:main].reshape(width, ROWS), axis=0), vals[main:]])
+    return few, jnp.sum(few >= 0, dtype=bits.dtype) == inside
 
 
 def _last_tie(bits, t, k) -> jax.Array:
