@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
@@ -19,6 +21,7 @@ import accelerator_suite as suite  # noqa: E402
 import device_checks  # noqa: E402
 
 
+@pytest.mark.slow  # ~20 s: the suite's tiny run with its device checks on the CPU (benchmarks run it)
 def test_tiny_run_writes_every_section(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_suite.py"), "--size", "tiny",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)

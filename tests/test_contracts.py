@@ -305,13 +305,23 @@ PRECONDITIONER_ERRORS = [
 
 
 # CI runs the suite in ≤ 10 minutes on 2 cores and the battery's cost is XLA compilation. The default run holds
-# every case to the cheap contracts and every *code path* to all of them; these cases repeat a path another case
-# covers in full (or compile an inner solver: minutes for the battery), so their costly contracts run with
+# every case to the cheap contracts and every *code path* to all of them; the cases below repeat a path another
+# case covers in full (or compile an inner solver: minutes for the battery), so their costly contracts run with
 # `-m slow`. Nothing is dropped: `pytest -m slow tests/test_contracts.py` runs the rest.
 CHEAP = frozenset({"jit", "state", "params", "errors"})
+# A regularizer's own numerics (NaN, bfloat16) through a link another case holds to every contract.
+PER_REGULARIZER = CHEAP | {"finite", "bf16"}
 IN_DEFAULT_RUN = {
-    "prox_lq_2/3": CHEAP, "prox_lq_0.3": CHEAP,  # the ℓ½ row's path (roots tested in test_lq_root.py)
-    "proximal_step": CHEAP, "proxgen_adam": CHEAP,  # prox_l1's chain, built another way
+    # prox_l1 and prox_lq_1/2 take every contract; the other closed forms run the same link.
+    "prox_l0": PER_REGULARIZER, "prox_lq_2/3": PER_REGULARIZER, "prox_lq_0.3": PER_REGULARIZER,
+    "prox_mcp": PER_REGULARIZER, "prox_scad": PER_REGULARIZER, "prox_binary": PER_REGULARIZER,
+    "prox_quantize": PER_REGULARIZER,  # prox_quantize_channel takes every contract
+    "prox_group_mcp": PER_REGULARIZER,  # prox_group_l12 takes every contract
+    "proximal_step": CHEAP, "proxgen_adam": CHEAP, "proxgen_adam_masked": CHEAP,  # prox_l1's chain, built another way
+    "revised_proxquant": CHEAP | {"bf16"},  # scale_by_adam_precond + prox_binary
+    # The other preconditioners: their own state and arithmetic, through the same link.
+    "proxgen_rmsprop": PER_REGULARIZER | {"multisteps"}, "proxgen_adagrad": PER_REGULARIZER | {"multisteps"},
+    "proxgen_sgd": PER_REGULARIZER | {"multisteps"},
     "prox_sparsity_global_groups": CHEAP | {"finite"},  # prox_sparsity's path, one selection over all leaves
     "prox_sparsity": ALL - {"vmap"},  # vmap of three unrolled steps of the selection search: ~20 s to compile
     "proximal_step_metric_full_matrix": CHEAP | {"finite"},  # the inner solver: proximal_step_metric_adam runs all

@@ -110,7 +110,13 @@ def test_committed_outputs_are_a_full_run(name):
     assert 'PROXGEN_GIT_URL = ""' in setup.source, "no repository URL is baked in: the user sets it"
 
 
-@pytest.mark.parametrize("name", NAMES)
+# CI (≤ 10 min on 2 cores) executes the quickstart and the compaction notebook; the others' code paths are
+# the package's (tested on their own), and `-m slow` executes them too.
+IN_DEFAULT_RUN = {"01_quickstart", "06_compaction"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in IN_DEFAULT_RUN else [pytest.mark.slow])
+                                  for n in NAMES])
 def test_notebook_runs_in_quick_mode(name):
     code = _code_cells(_execute(_source(name), quick=True))
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]

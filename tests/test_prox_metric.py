@@ -520,6 +520,7 @@ def test_diagonal_metric_cold_start_l1_converges_to_closed_form():
     np.testing.assert_allclose(x, np.sign(u) * np.maximum(np.abs(u) - mu, 0), atol=1e-10)
 
 
+@pytest.mark.slow  # 12 float64 solver compilations; the global-minimum tests above run the same solver
 def test_objective_is_monotone_from_warm_start():
     """The solver never returns an objective above its starting point (non-convex ℓ0 and ℓ½ included)."""
     a, g, delta, dense, u = kfac_problem(11, shape=(4, 4), cond=100.0)
