@@ -34,7 +34,7 @@ BENCHMARKS = [  # (script, JSON file it writes, PNG files it writes)
 # CI runs the whole suite in ≤ 10 minutes on 2 cores, so only the scripts whose --quick run takes seconds stay in
 # the default run; the studies (20–60 s each in quick mode) run with `-m slow`, and `benchmarks/run_all.py` runs
 # them in full. Their claims are asserted by the library's own tests, not here.
-FAST = {"step_cycles.py", "step_asm.py"}
+FAST = {"step_asm.py"}
 
 
 @pytest.mark.parametrize("script,json_name,pngs", [

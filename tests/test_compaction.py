@@ -146,7 +146,7 @@ class ConvBN(nnx.Module):
         return self.head(h.reshape(h.shape[0], -1))
 
 
-@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("padded", [False, pytest.param(True, marks=pytest.mark.slow)])  # 9 s each
 def test_conv_batchnorm_flatten(padded):
     m = ConvBN(padded)
     kill_out(m.c1, [0, 1, 2])

@@ -324,9 +324,8 @@ IN_DEFAULT_RUN = {
     "proxgen_sgd": PER_REGULARIZER | {"multisteps"},
     "prox_sparsity_global_groups": CHEAP | {"finite"},  # prox_sparsity's path, one selection over all leaves
     "prox_sparsity": ALL - {"vmap"},  # vmap of three unrolled steps of the selection search: ~20 s to compile
-    "proximal_step_metric_full_matrix": CHEAP | {"finite"},  # the inner solver: proximal_step_metric_adam runs all
-    "proximal_step_metric_kfac": CHEAP | {"finite"},
-    "proxgen_kfac": CHEAP | {"finite"},
+    "proximal_step_metric_full_matrix": CHEAP,  # the inner solver: proximal_step_metric_adam runs all
+    "proximal_step_metric_kfac": CHEAP, "proxgen_kfac": CHEAP,
 }
 
 

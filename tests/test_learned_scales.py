@@ -198,6 +198,7 @@ def test_errors_name_the_argument():
         pg.prox_quantize((-1, 1), q=1.5, scale="tensor")
 
 
+@pytest.mark.slow  # a training run through the CLI (9 s)
 def test_cli_binary_task_with_learned_channel_scales_on_an_mlp(tmp_path):
     from proxgen_jax.train.cli import main
     res = main(["--task", "binary", "--bits", "2", "--scale", "channel", "--optimizer", "revised_proxquant",

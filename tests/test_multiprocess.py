@@ -23,7 +23,9 @@ sys.path.insert(0, SCRIPTS)
 import toy  # noqa: E402
 
 # Under pytest-xdist (--dist loadgroup) the module-scoped fixture runs once, on one worker.
-pytestmark = pytest.mark.xdist_group("multiprocess")
+# Two processes on localhost (~16 s): CI's 10-minute budget runs the 8-device tests (test_data_parallel.py);
+# `-m slow` runs these.
+pytestmark = [pytest.mark.xdist_group("multiprocess"), pytest.mark.slow]
 
 NUM_PROCESSES = 2
 TIMEOUT_S = 150

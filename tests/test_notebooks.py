@@ -110,9 +110,9 @@ def test_committed_outputs_are_a_full_run(name):
     assert 'PROXGEN_GIT_URL = ""' in setup.source, "no repository URL is baked in: the user sets it"
 
 
-# CI (≤ 10 min on 2 cores) executes the quickstart and the compaction notebook; the others' code paths are
+# CI (≤ 10 min on 2 cores) executes the compaction notebook; the others' code paths are
 # the package's (tested on their own), and `-m slow` executes them too.
-IN_DEFAULT_RUN = {"01_quickstart", "06_compaction"}
+IN_DEFAULT_RUN = {"06_compaction"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in IN_DEFAULT_RUN else [pytest.mark.slow])

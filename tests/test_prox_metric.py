@@ -414,6 +414,7 @@ def test_lhalf_reference_matches_bruteforce_on_diagonal_metric():
         assert 0 < np.count_nonzero(x) < 5 or lam > 2.5
 
 
+@pytest.mark.slow  # 13 s of solver compilations; the global-minimum tests run the polish
 def test_polish_is_monotone_and_keeps_other_penalties_working():
     """MCP, SCAD, quantization (elementwise proxes) and ℓ0 in float32: the polished answer is never worse than
     the accelerated proximal gradient alone (``polish_max_size=0``), finite, in float32, and its reported

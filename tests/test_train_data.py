@@ -112,6 +112,7 @@ def test_models_output_shapes_and_kernel_mask(name, shape):
         assert any(bflags.values())
 
 
+@pytest.mark.slow  # 13 s; the ResNet's shapes are tested in the default run
 def test_resnet_batchnorm_train_vs_eval():
     m = models.SmallResNet(10, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1)) * 3 + 1
