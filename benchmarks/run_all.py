@@ -358,6 +358,8 @@ def write_report(times: dict[str, float] | None = None, quick: bool = False) -> 
           "- One λ and one constant α for all methods in Fig. 2 (not tuned per method); the paper tunes and decays the step.",
           "- ℓ0-hc's gate parameters use a 10× larger Adam rate (otherwise no gate can close in this budget); "
           "Prox-SGD uses its own default schedules (ε₀ = 0.06, ρ₀ = 0.9).",
+          "- The budget rows (topk, 2:4) of the step-overhead table come from a run before the selection and N:M fixes of "
+          "the same session; the budgets section's step-time table is the current code's.",
           "- Timings (`compile s`, `train s`, step times) were taken on a shared 2-core machine under load from other jobs; "
           "ratios are more meaningful than absolute values, and both fluctuate between runs.",
           "- Table 3's λ_rate is chosen per method on a validation split (269 digits: one digit is 0.37 points) from a "
