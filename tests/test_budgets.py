@@ -236,3 +236,21 @@ def test_budget_errors_name_the_argument_or_leaf():
         pg.prox_nm(2, 4, regularizer=pg.GroupL12())
     with pytest.raises(ValueError, match=r"\['dense'\]\['kernel'\].*not divisible by m=4"):
         pg.prox_nm(2, 4).init({"dense": {"kernel": jnp.ones((6, 3))}})
+
+
+@pytest.mark.parametrize("n,m,axis", [(2, 4, 0), (3, 8, 1), (1, 2, 2), (5, 16, 1)])
+def test_nm_pattern_keeps_the_n_largest_of_every_block_ties_to_the_lower_index(n, m, axis):
+    """The packed pattern, unpacked, against a stable sort of every block (integer gains: many ties)."""
+    from proxgen_jax.solvers.budgets import nm_keep_bits, nm_mask, nm_unpack
+    rng = np.random.default_rng(n * 100 + m)
+    shape = [3, 5, 7]
+    shape[axis] = 2 * m
+    gain = rng.integers(0, 4, size=shape).astype(np.float32)
+    mask = np.asarray(nm_mask(jnp.asarray(gain), n, m, axis))
+    np.testing.assert_array_equal(mask, np.asarray(nm_unpack(nm_keep_bits(jnp.asarray(gain), n, m, axis), m, axis)))
+    blocks = np.moveaxis(gain, axis, -1).reshape(-1, 2, m).reshape(-1, m)
+    expected = np.zeros_like(blocks, bool)
+    for row, b in zip(expected, blocks):
+        row[np.argsort(-b, kind="stable")[:n]] = True
+    got = np.moveaxis(mask, axis, -1).reshape(-1, m)
+    np.testing.assert_array_equal(got, expected)
