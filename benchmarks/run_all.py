@@ -246,13 +246,15 @@ def _budgets_section(results: str) -> list[str]:
     if so:
         L += [f"Step time of the budget links on the ResNet-34 tree ({so['params'] / 1e6:.1f}M params, donated, "
               f"{so['rounds']} rounds, ratio to `optax.adam` measured side by side on a loaded shared 2-core machine):",
-              "", "| link | ours ms | adam ms | ratio | CPU-time ratio | target | compile s (adam) |",
-              "|---|---|---|---|---|---|---|"]
+              "", "| link | ours ms | adam ms | ratio | CPU-time ratio | target | compile s (adam) | page faults per step "
+              "(adam) | kernel ms per step (adam) |", "|---|---|---|---|---|---|---|---|---|"]
         for r in so["rows"]:
             g = r["donated"]
+            faults = (f"{g['page_faults']:.0f} ({g['adam_page_faults']:.0f}) | {g['kernel_ms']:.1f} "
+                      f"({g['adam_kernel_ms']:.1f})" if "page_faults" in g else "— | —")
             L.append(f"| {r['regularizer']} | {g['ours_ms']:.1f} | {g['adam_ms']:.1f} | {g['ratio']:.2f}"
                      f"{'' if g['meets_target'] else ' ✗'} | {g['cpu_ratio']:.2f} | {g['target']:.2f} | "
-                     f"{r['compile']['ours']['compile_s']:.1f} ({r['compile']['adam']['compile_s']:.1f}) |")
+                     f"{r['compile']['ours']['compile_s']:.1f} ({r['compile']['adam']['compile_s']:.1f}) | {faults} |")
         L.append("")
     pat = _read(os.path.join(results, "pat", "pat_side_by_side.json"))
     L += ["### torchao PAT side by side (`benchmarks/pat_side_by_side.py`)", "",

@@ -11,7 +11,10 @@ Each row times its own step and ``optax.adam``'s, both regimes, round-robin in t
 of the per-round ratio), so machine noise hits both sides alike; the CPU-time ratio (process CPU seconds, all
 threads) is steadier than wall time on a shared machine. Per row it also reports the compile time
 (``jit(...).lower(...).compile()``) against ``optax.adam``'s, XLA's fusion count and bytes accessed of the donated
-step (``compiled.cost_analysis()``), and the optimizer-state bytes. Targets (issue 19, donated): ℓ0, ℓ1 ≤ 1.05;
+step (``compiled.cost_analysis()``), the optimizer-state bytes, and the minor page faults and kernel (system) CPU time
+per step: on XLA:CPU every full-size temporary a step writes is a fresh allocation whose pages fault in again at
+every call (~2 µs per 4 KiB page: ~1 ns per float32, more than Adam's whole step per parameter-sized temporary).
+Targets (issue 19, donated): ℓ0, ℓ1 ≤ 1.05;
 MCP, SCAD, binary q=1 ≤ 1.15; ℓ½, binary q=½ ≤ 1.35; ℓ⅔, ℓq ≤ 1.6; group ℓ1,2 ≤ 3.0; compile ≤ 2× Adam's; budgets
 (issue 16) top-k per leaf (``prox_sparsity(0.9)``) and 2:4 ≤ 1.3, one global top-k over all kernels ≤ 2.0.
 
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -185,7 +189,10 @@ class Runner:
         self.params, self.state = self.step(p, jax.jit(tx.init)(p), grads)
         jax.block_until_ready(self.run(1))
 
-    def run(self, reps: int) -> tuple[float, float]:
+    def run(self, reps: int) -> tuple[float, float, float, float]:
+        """(wall s, process CPU s, minor page faults, kernel CPU s) per call (faults and kernel time: the whole
+        process, every thread)."""
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0, c0 = time.perf_counter(), time.process_time()
         p, s = self.params, self.state
         for _ in range(reps):
@@ -195,7 +202,9 @@ class Runner:
         jax.block_until_ready(out)
         if self.donate:
             self.params, self.state = p, s
-        return (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps
+        wall, cpu = (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return wall, cpu, (r1.ru_minflt - r0.ru_minflt) / reps, (r1.ru_stime - r0.ru_stime) / reps
 
 
 def compile_stats(tx, params, grads, *, donate: bool = True) -> tuple[dict, object]:
@@ -229,7 +238,10 @@ def time_row(runners: dict, *, rounds: int, reps: int) -> dict:
     for regime in runners:
         ours, base = np.asarray(times[regime, 0]), np.asarray(times[regime, 1])
         out[regime] = dict(ours_ms=1e3 * float(np.median(ours[:, 0])), adam_ms=1e3 * float(np.median(base[:, 0])),
-                           ratio=median_ratio(ours[:, 0], base[:, 0]), cpu_ratio=median_ratio(ours[:, 1], base[:, 1]))
+                           ratio=median_ratio(ours[:, 0], base[:, 0]), cpu_ratio=median_ratio(ours[:, 1], base[:, 1]),
+                           page_faults=float(np.median(ours[:, 2])), adam_page_faults=float(np.median(base[:, 2])),
+                           kernel_ms=1e3 * float(np.median(ours[:, 3])),
+                           adam_kernel_ms=1e3 * float(np.median(base[:, 3])))
     return out
 
 
@@ -281,8 +293,9 @@ def tables(rows, regimes=REGIMES) -> str:
         title = ("Donated (`donate_argnums=(0, 1)`, state threaded through the calls)" if regime == "donated"
                  else "Not donated (same inputs every call, fresh outputs)")
         lines += ["", f"{title}:", ""]
-        head = "| regularizer | ours ms | adam ms | ratio | CPU-time ratio | target |"
-        sep = "|---|---|---|---|---|---|"
+        head = ("| regularizer | ours ms | adam ms | ratio | CPU-time ratio | target | page faults (adam) |"
+                " kernel ms (adam) |")
+        sep = "|---|---|---|---|---|---|---|---|"
         if regime == "donated":
             head += " compile s | adam compile s | compile ratio | fusions (adam) | bytes accessed ÷ adam's |"
             sep += "---|---|---|---|---|"
@@ -294,7 +307,8 @@ def tables(rows, regimes=REGIMES) -> str:
             g = r[regime]
             ok = "" if g["meets_target"] else " ✗"
             line = (f"| {r['regularizer']} | {g['ours_ms']:.2f} | {g['adam_ms']:.2f} | {g['ratio']:.3f}{ok} | "
-                    f"{g['cpu_ratio']:.3f} | {g['target']:.2f} |")
+                    f"{g['cpu_ratio']:.3f} | {g['target']:.2f} | {g['page_faults']:.0f} "
+                    f"({g['adam_page_faults']:.0f}) | {g['kernel_ms']:.1f} ({g['adam_kernel_ms']:.1f}) |")
             if regime == "donated":
                 c = r["compile"]
                 line += (f" {c['ours']['compile_s']:.2f} | {c['adam']['compile_s']:.2f} | {r['compile_ratio']:.2f} |"
