@@ -254,3 +254,27 @@ def test_nm_pattern_keeps_the_n_largest_of_every_block_ties_to_the_lower_index(n
         row[np.argsort(-b, kind="stable")[:n]] = True
     got = np.moveaxis(mask, axis, -1).reshape(-1, m)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("make", [lambda: pg.scale_by_adam_precond(), lambda: pg.scale_by_adam_precond(amsgrad=True),
+                                  lambda: pg.scale_by_adam_precond(bias_correction=False, eps_root=1e-9),
+                                  lambda: pg.scale_by_rmsprop_precond(momentum=0.9),
+                                  lambda: pg.scale_by_adagrad_precond()],
+                         ids=["adam", "amsgrad", "adam-paper", "rmsprop", "adagrad"])
+def test_recomputed_leaf_problem_equals_the_step_inputs(make):
+    """What a budget recomputes in its own region (from θ_t and the preconditioner's new state) is the step's own
+    θ (after weight decay), direction, metric and m_t — to an ulp or two (separately compiled evaluations)."""
+    from proxgen_jax.transforms.engine import prepare_step
+    rng = np.random.default_rng(7)
+    p = {"a": jnp.asarray(rng.normal(size=(4, 8)), jnp.float32), "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    tx = make()
+    state = tx.init(p)
+    for _ in range(3):
+        g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
+        out, state = tx.update(g, state, p)
+    step = prepare_step("test", out, p, [object()] * 2, 0.1, weight_decay=0.01)
+    for leaf in step.leaves:
+        assert leaf.rebuild is not None
+        again = leaf.recomputed()
+        for name in ("theta", "direction", "metric", "momentum"):
+            np.testing.assert_allclose(np.asarray(getattr(again, name)), np.asarray(getattr(leaf, name)), rtol=5e-7)

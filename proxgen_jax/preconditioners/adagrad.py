@@ -53,6 +53,7 @@ def scale_by_adagrad_precond(
         del params
         acc = jax.tree.map(lambda g, s: s + jnp.square(g), updates, state.sum_of_squares)
         m, mu = optional_momentum(updates, state.mu, momentum)
-        return sqrt_metric_updates(m, acc, eps), ScaleByAdagradPrecondState(acc, mu)
+        out = sqrt_metric_updates(m, acc, eps, stored=(m, acc, lambda a, b: (a, b)))
+        return out, ScaleByAdagradPrecondState(acc, mu)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -93,7 +93,13 @@ def scale_by_adam_precond(
         if amsgrad:
             nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu_hat)
             nu_hat = nu_max
-        out = sqrt_metric_updates(mu_hat, nu_hat, eps, eps_root)
+        def unbias(m, v):  # one leaf of mu_hat, nu_hat from the state's (the prox may recompute from the state)
+            if bias_correction:
+                m = otu.tree_bias_correction(m, b1, count)
+                v = v if amsgrad else otu.tree_bias_correction(v, b2, count)
+            return m, v
+
+        out = sqrt_metric_updates(mu_hat, nu_hat, eps, eps_root, stored=(mu, nu_max if amsgrad else nu, unbias))
         # Keep the state's dtypes (bf16 moments stay bf16 even when hyperparameters are float32 arrays).
         mu = otu.tree_cast_like(mu, state.mu)
         nu = otu.tree_cast_like(nu, state.nu)

@@ -12,6 +12,7 @@ place it happens instead of silently computing another method.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, NamedTuple
 
@@ -70,16 +71,22 @@ class PreconditionedUpdates:
       momentum: ``m_t`` itself (same structure) when the direction is the quotient ``m_t/(C_t+δ)`` (Adam,
         RMSprop, AdaGrad), else ``None``. A prox may then form ``(C_t+δ)·z = (C_t+δ)·θ_t − α_t m_t`` without a
         division.
+      rebuild: ``None``, or per leaf (same structure) a zero-argument function returning that leaf's
+        ``(direction, metric, momentum)`` computed afresh from the preconditioner's new state — buffers the step
+        writes anyway. A prox that needs a costly function of them twice (a budget's gains: once to select, once
+        to write the step) calls it inside a separate region (:func:`~proxgen_jax.transforms.engine.isolated`), so
+        that XLA recomputes the metric there instead of writing ``C_t+δ`` and ``z`` to memory for both uses.
 
     Any pytree walk over the object, and any arithmetic on it, raises :class:`MisplacedPreconditionerOutput`.
     """
 
-    __slots__ = ("direction", "metric", "momentum")
+    __slots__ = ("direction", "metric", "momentum", "rebuild")
 
-    def __init__(self, direction: Any, metric: Any, momentum: Any = None):
+    def __init__(self, direction: Any, metric: Any, momentum: Any = None, rebuild: Any = None):
         self.direction = direction
         self.metric = metric
         self.momentum = momentum
+        self.rebuild = rebuild
 
     def __repr__(self) -> str:
         return f"PreconditionedUpdates(direction={self.direction!r}, metric={self.metric!r})"
@@ -96,14 +103,37 @@ class PreconditionedUpdates:
 jax.tree_util.register_pytree_node(PreconditionedUpdates, _refuse_walk, _refuse_walk)
 
 
-def sqrt_metric_updates(first_moment: Any, second_moment: Any, eps, eps_root=0.0) -> PreconditionedUpdates:
+def _sqrt_metric_leaf(first, second, eps, eps_root):
+    metric = jnp.sqrt(second + eps_root) + eps
+    return first / metric, metric, first
+
+
+def _rebuilt_leaf(unbias, first_state, second_state, eps, eps_root):
+    return _sqrt_metric_leaf(*unbias(first_state, second_state), eps, eps_root)
+
+
+def sqrt_metric_updates(first_moment: Any, second_moment: Any, eps, eps_root=0.0, *,
+                        stored: tuple | None = None) -> PreconditionedUpdates:
     """The diagonal ProxGen output for ``C_t = √(second_moment + eps_root)`` and ``δ = eps``.
 
     Direction ``m_t/(C_t+δ)`` — computed exactly as optax's Adam/RMSprop/AdaGrad divide — metric ``C_t+δ`` and
     ``m_t`` itself. Under ``jit`` only what the prox uses is computed.
+
+    Args:
+      first_moment, second_moment: ``m_t`` and the second moment under the root (bias-corrected where used).
+      eps, eps_root: ``δ`` and the constant under the root.
+      stored: optional ``(first_state, second_state, unbias)``: the moments as the new state holds them and
+        ``unbias(first_state_leaf, second_state_leaf) -> (first_leaf, second_leaf)`` (e.g. the bias correction),
+        for :attr:`PreconditionedUpdates.rebuild`.
     """
-    metric = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, second_moment)
-    return PreconditionedUpdates(jax.tree.map(jnp.divide, first_moment, metric), metric, first_moment)
+    results = jax.tree.map(lambda m, v: _sqrt_metric_leaf(m, v, eps, eps_root), first_moment, second_moment)
+    direction, metric = (jax.tree.map(lambda _, r, i=i: r[i], first_moment, results) for i in range(2))
+    rebuild = None
+    if stored is not None:
+        first_state, second_state, unbias = stored
+        rebuild = jax.tree.map(lambda a, b: functools.partial(_rebuilt_leaf, unbias, a, b, eps, eps_root),
+                               first_state, second_state)
+    return PreconditionedUpdates(direction, metric, first_moment, rebuild)
 
 
 def optional_momentum(updates: Any, mu: Any, decay) -> tuple[Any, Any]:
@@ -129,3 +159,8 @@ def split_updates(updates: Any) -> StepInputs:
     if isinstance(updates, PreconditionedUpdates):
         return StepInputs(updates.direction, updates.metric, updates.momentum)
     return StepInputs(updates, None, None)
+
+
+def rebuild_of(updates: Any) -> Any:
+    """:attr:`PreconditionedUpdates.rebuild` of a preconditioner's output (``None`` for plain updates)."""
+    return updates.rebuild if isinstance(updates, PreconditionedUpdates) else None

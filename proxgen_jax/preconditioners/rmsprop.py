@@ -54,6 +54,6 @@ def scale_by_rmsprop_precond(
         del params
         nu = otu.tree_update_moment_per_elem_norm(updates, state.nu, decay, 2)
         m, mu = optional_momentum(updates, state.mu, momentum)
-        return sqrt_metric_updates(m, nu, eps), ScaleByRmspropPrecondState(nu, mu)
+        return sqrt_metric_updates(m, nu, eps, stored=(m, nu, lambda a, b: (a, b))), ScaleByRmspropPrecondState(nu, mu)
 
     return optax.GradientTransformation(init_fn, update_fn)

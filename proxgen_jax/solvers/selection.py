@@ -164,6 +164,13 @@ def _last_tie(bits, t, k) -> jax.Array:
     return jnp.argmax(jnp.cumsum(ties, dtype=bits.dtype) >= need).astype(bits.dtype)
 
 
+def score_bits(scores: jax.Array) -> jax.Array:
+    """The flat, ordered integer keys :func:`top_k_mask` selects on: ``|scores|`` (``−0`` counts as ``0``; NaN
+    stays NaN, above every number) as :func:`ordered_bits`. Computing them once and selecting with
+    :func:`top_k_of_bits` lets a caller write the keys to memory once, where the selection's passes read them."""
+    return ordered_bits(jnp.abs(scores.reshape(-1)))
+
+
 def top_k_mask(scores: jax.Array, k, *, method: str = "auto") -> jax.Array:
     """A bool mask of exactly ``clip(k, 0, n)`` entries of the non-negative ``scores``: the largest, ties to the
     lower flat index. ``k`` may be traced.
@@ -177,12 +184,16 @@ def top_k_mask(scores: jax.Array, k, *, method: str = "auto") -> jax.Array:
       method: ``"auto"`` (``"search"`` on the CPU, ``"bisect"`` elsewhere), ``"search"`` or ``"bisect"``
         (module docstring).
     """
+    return top_k_of_bits(score_bits(scores), k, method=method).reshape(scores.shape)
+
+
+def top_k_of_bits(bits: jax.Array, k, *, method: str = "auto") -> jax.Array:
+    """:func:`top_k_mask` on the flat keys :func:`score_bits` made (a flat bool mask)."""
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
-    bits = ordered_bits(jnp.abs(scores.reshape(-1)))  # |−0| = +0 (and NaN stays NaN, above every number)
     n = bits.shape[0]
     if n == 0:
-        return jnp.zeros(scores.shape, bool)
+        return jnp.zeros((0,), bool)
     k = jnp.asarray(k).astype(bits.dtype)
     kk = jnp.clip(k, 1, n)
     every = jnp.asarray(n - 1, bits.dtype)
@@ -201,5 +212,4 @@ def top_k_mask(scores: jax.Array, k, *, method: str = "auto") -> jax.Array:
         t, last = by_search() if method == "search" else by_bisection()
     t = jnp.where(k >= n, -jnp.ones_like(t), jnp.where(k <= 0, jnp.full_like(t, jnp.iinfo(t.dtype).max), t))
     last = jnp.where(k <= 0, -jnp.ones_like(last), last)
-    keep = (bits > t) | ((bits == t) & (jnp.arange(n, dtype=bits.dtype) <= last))
-    return keep.reshape(scores.shape)
+    return (bits > t) | ((bits == t) & (jnp.arange(n, dtype=bits.dtype) <= last))

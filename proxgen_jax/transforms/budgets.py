@@ -24,7 +24,6 @@ from proxgen_jax.regularizers.base import ElementwiseRegularizer, Regularizer
 from proxgen_jax.regularizers.group_l12 import GroupL12, normalize_axes
 from proxgen_jax.regularizers.group_mcp import GroupMCP
 from proxgen_jax.solvers.budgets import (
-    UnitGains,
     budget_count,
     group_gains,
     group_scores,
@@ -32,8 +31,8 @@ from proxgen_jax.solvers.budgets import (
     nm_unpack,
     unit_gains,
 )
-from proxgen_jax.solvers.selection import top_k_mask
-from proxgen_jax.transforms.engine import LeafProblem, prepare_step
+from proxgen_jax.solvers.selection import score_bits, top_k_of_bits
+from proxgen_jax.transforms.engine import LeafProblem, isolated, prepare_step
 from proxgen_jax.transforms.proximal_step import decay_flags, hyperparams_at
 
 _SCOPES = ("leaf", "global")
@@ -68,34 +67,16 @@ def _check_regularizer(regularizer, *, groups: bool = False) -> None:
                      "needs the prox of every unit on its own.")
 
 
-def _materialised(values, count):
-    """``values`` (a pytree of arrays) written to memory once, then read by every consumer.
-
-    XLA fuses an elementwise producer into each consumer and recomputes it there: into every counting pass of the
-    selection, and into each of the ``m`` comparisons of an N:M block, the whole preconditioner and prox were
-    recomputed per read (measured: 2:4 4.9×, top-k 5.4× ``optax.adam``'s step); and a 4-D array reshaped flat
-    inside a fusion costs an index computation per entry in every pass. ``lax.optimization_barrier`` does not stop
-    it (XLA:CPU expands barriers before fusion), and a ``lax.cond`` copies its result. The operands of a ``while``
-    loop are buffers: the loop here never runs (its predicate ``count < 0`` is false for a step count, which XLA
-    cannot know), so it costs only the one write of ``values``. Its body changes every value, so XLA cannot
-    forward the operands past the loop as loop invariants."""
-    def body(state):
-        n, v = state
-        return n + 1, jax.tree.map(lambda a: a + jnp.ones([], a.dtype), v)
-
-    return jax.lax.while_loop(lambda state: state[0] < 0, body, (count, values))[1]
-
-
 def _free_values(leaf: LeafProblem, regularizer, lam):
     """``(x, Δ)`` of every coordinate of one leaf (prox value if free, gain of keeping it free)."""
     z = leaf.centre()
     return unit_gains(regularizer, z, leaf.metric, leaf.alpha, jnp.asarray(lam, z.dtype))
 
 
-def _pruned(leaf: LeafProblem, x, free, centre=None):
-    """``x`` where ``free``, else 0 — or NaN where the centre ``z`` (``centre``, if already at hand) is not finite:
-    a NaN gradient never turns a weight into a silent zero."""
-    return jnp.where(free, x, (leaf.centre() if centre is None else centre) * 0)
+def _pruned(leaf: LeafProblem, x, free):
+    """``x`` where ``free``, else 0 — or NaN where the centre ``z`` is not finite: a NaN gradient never turns a
+    weight into a silent zero."""
+    return jnp.where(free, x, leaf.centre() * 0)
 
 
 def _budget_link(name: str, specs_of: Callable, solve: Callable, learning_rate, lam, weight_decay,
@@ -224,28 +205,40 @@ def prox_sparsity(
 
     def solve(step, lam_t, count):
         s_t = value_at(sparsity, count)
+        # The scores are read by every pass of the selection: written once, as the selection's integer keys, computed
+        # in a region of their own from the buffers the step writes anyway (engine.isolated). The free values x are
+        # recomputed by the final select alone.
         solved = [None if leaf.spec is None else _unit_values(leaf, lam_t) for leaf in step.leaves]
-        # The scores are read by every pass of the selection, and the free values by the final select: both
-        # written once (without a penalty the free value is z, which XLA writes once anyway).
-        written = _materialised([None if v is None else (v.gain if leaf.spec.regularizer is None else v)
-                                 for leaf, v in zip(step.leaves, solved)], count)
-        solved = [v if w is None or isinstance(w, UnitGains) else v._replace(gain=w) for v, w in zip(solved, written)]
-        scores = [None if v is None else v.gain for v in solved]
+
+        def unit_scores():  # as the selection's flat integer keys
+            out = [None if leaf.spec is None else _unit_values(leaf.recomputed(), lam_t).gain for leaf in step.leaves]
+            if scope != "global":
+                return [None if g is None else score_bits(g) for g in out]
+            # Each leaf's keys written in place into one buffer (a concatenate of many leaves is not fused with
+            # their producers by XLA: it would write every leaf's scores, then the concatenation).
+            flat = [g.reshape(-1) for g in out if g is not None]
+            dtype = jnp.result_type(*flat)
+            keys = jnp.zeros((sum(f.size for f in flat),), score_bits(jnp.zeros((), dtype)).dtype)
+            offset = 0
+            for f in flat:
+                keys = jax.lax.dynamic_update_slice(keys, score_bits(f.astype(dtype)), (offset,))
+                offset += f.size
+            return keys
+
+        scores = isolated(unit_scores, count)
         if scope == "global":
-            flat = [s.reshape(-1) for s in scores if s is not None]
-            n = sum(f.size for f in flat)
-            keep_all = top_k_mask(jnp.concatenate(flat).astype(jnp.result_type(*flat)), budget_count(s_t, n))
+            keep_all = top_k_of_bits(scores, budget_count(s_t, scores.size))
             keeps, offset = [], 0
-            for s in scores:
-                if s is None:
+            for v in solved:
+                if v is None:
                     keeps.append(None)
                     continue
-                keeps.append(keep_all[offset:offset + s.size].reshape(s.shape))
-                offset += s.size
+                keeps.append(keep_all[offset:offset + v.gain.size].reshape(v.gain.shape))
+                offset += v.gain.size
         else:
-            keeps = [None if s is None else top_k_mask(
-                s, budget_count(s_t if leaf.spec.sparsity is None else leaf.spec.sparsity, s.size))
-                for leaf, s in zip(step.leaves, scores)]
+            keeps = [None if b is None else top_k_of_bits(b, budget_count(
+                s_t if leaf.spec.sparsity is None else leaf.spec.sparsity, b.size)).reshape(v.gain.shape)
+                for leaf, v, b in zip(step.leaves, solved, scores)]
         xs = []
         for leaf, v, keep in zip(step.leaves, solved, keeps):
             if v is None:
@@ -327,12 +320,18 @@ def prox_nm(
         return out
 
     def solve(step, lam_t, count):
-        # The pattern (one small integer per block) is written once; the gains and the free values are recomputed
-        # by their consumers instead of written (see nm_keep_bits).
-        solved = [None if leaf.spec is None else _free_values(leaf, regularizer, lam_t) for leaf in step.leaves]
-        bits = _materialised([None if v is None or n >= m else nm_keep_bits(v.gain, n, m, leaf.spec)
-                              for leaf, v in zip(step.leaves, solved)], count)
-        return [None if v is None else _pruned(leaf, v.x, True if b is None else nm_unpack(b, m, leaf.spec))
-                for leaf, v, b in zip(step.leaves, solved, bits)]
+        # The pattern (one small integer per block) is computed in a region of its own from the buffers the step
+        # writes anyway (engine.isolated) and written once; the final select recomputes the free values.
+        def patterns():
+            return [None if leaf.spec is None or n >= m else
+                    nm_keep_bits(_free_values(leaf.recomputed(), regularizer, lam_t).gain, n, m, leaf.spec)
+                    for leaf in step.leaves]
+
+        bits = isolated(patterns, count)
+        xs = []
+        for leaf, b in zip(step.leaves, bits):
+            x = None if leaf.spec is None else _free_values(leaf, regularizer, lam_t).x
+            xs.append(x if x is None or b is None else _pruned(leaf, x, nm_unpack(b, m, leaf.spec)))
+        return xs
 
     return _budget_link("prox_nm", axes, solve, learning_rate, lam, weight_decay, weight_decay_mask)
