@@ -91,53 +91,70 @@ def _sample_guesses(bits, k):
 def kth_largest_search(bits: jax.Array, k) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(T, #(≥ T), passes)``: the ``k``-th largest of the non-negative integers ``bits`` (``1 ≤ k ≤ n``) by the
     sample-guided, bisection-safeguarded interpolation search (module docstring); a ``while`` loop."""
+    return tuple(v[0] for v in kth_largest_search_rows(bits[None], jnp.asarray(k)[None]))
+
+
+def kth_largest_search_rows(bits: jax.Array, k) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`kth_largest_search` for every row of a 2-D ``bits`` (``k`` per row), all rows in one loop: each
+    pass counts every row still open (one vectorised pass per row) and the loop ends with the last row."""
     it, big = bits.dtype, jnp.iinfo(bits.dtype).max
     ft = jnp.float64 if it == jnp.int64 else jnp.float32
-    n = bits.shape[0]
+    rows, n = bits.shape
+    k = jnp.asarray(k).astype(it)
     most = 4 * (8 * it.itemsize) + 8  # from the 5th pass on the bracket halves at least every 4: ends before
-    small, large = _sample_guesses(bits, k)[::-1]
+    guesses = jax.vmap(_sample_guesses)(bits, k)
+    large, small = guesses[:, 0], guesses[:, 1]
 
-    def open_(s):
+    def open_(s):  # per row
         i, lo, c_lo, hi = s[:4]
         return (i < most) & (c_lo != k) & (hi - lo > 1)
 
     def many(s):  # still open, with more than FEW entries in the bracket
         return open_(s) & (s[2] - s[4] > FEW)
 
-    def body(s):
+    def body(s, active):
         # #(≥ lo) = c_lo ≥ k > c_hi = #(≥ hi); f_lo > 0 > f_hi: #(≥ ·) − k + ½ at the ends, the end kept twice in a
-        # row halved (Illinois); side: which end moved last (1: lo, −1: hi); w1…w3: widths 1…3 passes ago.
+        # row halved (Illinois); side: which end moved last (1: lo, −1: hi); w1…w3: widths 1…3 passes ago. Rows
+        # not ``active`` keep their state.
         i, lo, c_lo, hi, c_hi, f_lo, f_hi, side, w1, w2, w3 = s
         w0 = hi - lo
         cand = lo + (f_lo / (f_lo - f_hi) * w0.astype(ft)).astype(it)  # regula falsi in the bracket
         cand = jnp.where((i >= 4) & (w0 > w3 // 2), lo + w0 // 2, cand)  # not halved in 3 passes: bisect
         cand = jnp.where((i == 1) & (large > lo) & (large < hi), large, cand)
         cand = jnp.clip(jnp.where(i == 0, small, cand), lo + 1, hi - 1)
-        c = count_at_least(bits, cand)
+        c = jnp.stack([count_at_least(bits[r], cand[r]) for r in range(rows)])
         up = c >= k
         f = (c - k).astype(ft) + 0.5
         f_lo = jnp.where(up, f, jnp.where(side == -1, f_lo / 2, f_lo))
         f_hi = jnp.where(up, jnp.where(side == 1, f_hi / 2, f_hi), f)
-        return (i + 1, jnp.where(up, cand, lo), jnp.where(up, c, c_lo), jnp.where(up, hi, cand),
-                jnp.where(up, c_hi, c), f_lo, f_hi, jnp.where(up, 1, -1).astype(jnp.int32), w0, w1, w2)
+        new = (i + 1, jnp.where(up, cand, lo), jnp.where(up, c, c_lo), jnp.where(up, hi, cand),
+               jnp.where(up, c_hi, c), f_lo, f_hi, jnp.where(up, 1, -1).astype(jnp.int32), w0, w1, w2)
+        return tuple(jnp.where(active, a, b) for a, b in zip(new, s))
 
-    zero, top = jnp.zeros([], it), jnp.asarray(big, it)
-    n_it = jnp.asarray(n, it)
-    init = (jnp.zeros([], jnp.int32), zero, n_it, top, zero, (n_it - k).astype(ft) + 0.5, 0.5 - k.astype(ft),
-            jnp.zeros([], jnp.int32), top, top, top)
-    state = jax.lax.while_loop(many, body, init)
+    def run(s, go):  # passes while any row satisfies go(s)
+        return jax.lax.while_loop(lambda s: jnp.any(go(s)), lambda s: body(s, go(s)), s)
 
-    def finish(s):  # the few entries of the bracket, one per group (or the search goes on if two share one)
+    zero, top = jnp.zeros((rows,), it), jnp.full((rows,), big, it)
+    n_it = jnp.full((rows,), n, it)
+    count0 = jnp.zeros((rows,), jnp.int32)
+    init = (count0, zero, n_it, top, zero, (n_it - k).astype(ft) + 0.5, 0.5 - k.astype(ft), count0, top, top, top)
+    state = run(init, many)
+
+    def finish(s):  # the few entries of each open bracket, one per group (or the search goes on if two share one)
         i, lo, c_lo, hi, c_hi = s[:5]
-        few, alone = _bracket_entries(bits, lo, hi, c_lo - c_hi)
-        t = kth_largest_bisect(few, k - c_hi)  # a small array: no full pass
-        found = (t, c_hi + jnp.sum(few >= t, dtype=it), i + 1)
-        return jax.lax.cond(alone, lambda: found, lambda: searched(jax.lax.while_loop(open_, body, s)))
+        gathered = [_bracket_entries(bits[r], lo[r], hi[r], (c_lo - c_hi)[r]) for r in range(rows)]
+        few = jnp.stack([g[0] for g in gathered])
+        alone = jnp.stack([g[1] for g in gathered])
+        t = jax.vmap(kth_largest_bisect)(few, k - c_hi)  # small arrays: no full pass
+        found = (t, c_hi + jnp.sum(few >= t[:, None], axis=1, dtype=it), i + 1)
+        rest = searched(run(s, lambda s: open_(s) & ~alone))
+        done = searched(s)
+        return tuple(jnp.where(open_(s), jnp.where(alone, a, b), d) for a, b, d in zip(found, rest, done))
 
     def searched(s):
         return s[1], s[2], s[0]
 
-    return jax.lax.cond(open_(state), finish, searched, state)
+    return jax.lax.cond(jnp.any(open_(state)), finish, searched, state)
 
 
 def _bracket_entries(bits, lo, hi, inside) -> tuple[jax.Array, jax.Array]:
@@ -189,22 +206,36 @@ def top_k_mask(scores: jax.Array, k, *, method: str = "auto") -> jax.Array:
 
 def top_k_of_bits(bits: jax.Array, k, *, method: str = "auto") -> jax.Array:
     """:func:`top_k_mask` on the flat keys :func:`score_bits` made (a flat bool mask)."""
+    return top_k_rows(bits[None], jnp.asarray(k)[None], method=method)[0]
+
+
+def top_k_rows(bits: jax.Array, k, *, method: str = "auto") -> jax.Array:
+    """:func:`top_k_of_bits` for every row of a 2-D array of keys at once, ``k[r]`` of row ``r`` (a bool mask).
+
+    One batched search for all rows — one loop, one compilation — instead of one per row: the rows' counting
+    passes run together and the loop ends when the last row has its ``T``. Ties are resolved (a prefix sum) only
+    when some row has a tie straddling its budget.
+    """
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
-    n = bits.shape[0]
+    rows, n = bits.shape
     if n == 0:
-        return jnp.zeros((0,), bool)
-    k = jnp.asarray(k).astype(bits.dtype)
+        return jnp.zeros(bits.shape, bool)
+    k = jnp.broadcast_to(jnp.asarray(k).astype(bits.dtype), (rows,))
     kk = jnp.clip(k, 1, n)
-    every = jnp.asarray(n - 1, bits.dtype)
+    every = jnp.full((rows,), n - 1, bits.dtype)
+
+    def last_ties(t, tied):
+        return jax.lax.cond(jnp.any(tied), lambda: jnp.where(tied, jax.vmap(_last_tie)(bits, t, kk), every),
+                            lambda: every)
 
     def by_bisection():
-        t = kth_largest_bisect(bits, kk)
-        return t, _last_tie(bits, t, kk)
+        t = jax.vmap(kth_largest_bisect)(bits, kk)
+        return t, jax.vmap(_last_tie)(bits, t, kk)
 
     def by_search():
-        t, c_t, _ = kth_largest_search(bits, kk)
-        return t, jax.lax.cond(c_t == kk, lambda: every, lambda: _last_tie(bits, t, kk))
+        t, c_t, _ = kth_largest_search_rows(bits, kk)
+        return t, last_ties(t, c_t != kk)
 
     if method == "auto":
         t, last = jax.lax.platform_dependent(cpu=by_search, default=by_bisection)
@@ -212,4 +243,5 @@ def top_k_of_bits(bits: jax.Array, k, *, method: str = "auto") -> jax.Array:
         t, last = by_search() if method == "search" else by_bisection()
     t = jnp.where(k >= n, -jnp.ones_like(t), jnp.where(k <= 0, jnp.full_like(t, jnp.iinfo(t.dtype).max), t))
     last = jnp.where(k <= 0, -jnp.ones_like(last), last)
-    return (bits > t) | ((bits == t) & (jnp.arange(n, dtype=bits.dtype) <= last))
+    t, last = t[:, None], last[:, None]
+    return (bits > t) | ((bits == t) & (jnp.arange(n, dtype=bits.dtype)[None] <= last))

@@ -31,7 +31,7 @@ from proxgen_jax.solvers.budgets import (
     nm_unpack,
     unit_gains,
 )
-from proxgen_jax.solvers.selection import score_bits, top_k_of_bits
+from proxgen_jax.solvers.selection import score_bits, top_k_of_bits, top_k_rows
 from proxgen_jax.transforms.engine import LeafProblem, isolated, prepare_step
 from proxgen_jax.transforms.proximal_step import decay_flags, hyperparams_at
 
@@ -77,6 +77,30 @@ def _pruned(leaf: LeafProblem, x, free):
     """``x`` where ``free``, else 0 — or NaN where the centre ``z`` is not finite: a NaN gradient never turns a
     weight into a silent zero."""
     return jnp.where(free, x, leaf.centre() * 0)
+
+
+def _same_size_groups(sizes: list) -> list[list[int]]:
+    """Indices of the leaves (``None``: no budget) grouped by size, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(sizes):
+        if n is not None:
+            groups.setdefault(n, []).append(i)
+    return list(groups.values())
+
+
+def _laid_out(keys: list, *, rows: bool) -> jax.Array:
+    """Flat arrays written in place into one buffer: as the rows of a 2-D array (equal sizes) or one after the
+    other. (XLA does not fuse a concatenate of many leaves with their producers: it would write every leaf's
+    keys, then the concatenation.)"""
+    if len(keys) == 1:
+        return keys[0][None] if rows else keys[0]
+    shape = (len(keys), keys[0].size) if rows else (sum(k.size for k in keys),)
+    out = jnp.zeros(shape, keys[0].dtype)
+    offset = 0
+    for k in keys:
+        out = jax.lax.dynamic_update_slice(out, k[None] if rows else k, (offset, 0) if rows else (offset,))
+        offset += 1 if rows else k.size
+    return out
 
 
 def _budget_link(name: str, specs_of: Callable, solve: Callable, learning_rate, lam, weight_decay,
@@ -210,35 +234,29 @@ def prox_sparsity(
         # recomputed by the final select alone.
         solved = [None if leaf.spec is None else _unit_values(leaf, lam_t) for leaf in step.leaves]
 
-        def unit_scores():  # as the selection's flat integer keys
-            out = [None if leaf.spec is None else _unit_values(leaf.recomputed(), lam_t).gain for leaf in step.leaves]
-            if scope != "global":
-                return [None if g is None else score_bits(g) for g in out]
-            # Each leaf's keys written in place into one buffer (a concatenate of many leaves is not fused with
-            # their producers by XLA: it would write every leaf's scores, then the concatenation).
-            flat = [g.reshape(-1) for g in out if g is not None]
-            dtype = jnp.result_type(*flat)
-            keys = jnp.zeros((sum(f.size for f in flat),), score_bits(jnp.zeros((), dtype)).dtype)
-            offset = 0
-            for f in flat:
-                keys = jax.lax.dynamic_update_slice(keys, score_bits(f.astype(dtype)), (offset,))
-                offset += f.size
-            return keys
+        def unit_scores():  # the selection's flat integer keys: one row per leaf of each size, or all in one row
+            keys = [None if leaf.spec is None else score_bits(_unit_values(leaf.recomputed(), lam_t).gain)
+                    for leaf in step.leaves]
+            if scope == "global":
+                return _laid_out([k for k in keys if k is not None], rows=False)
+            return [_laid_out([keys[i] for i in members], rows=True) for members in by_size]
 
+        by_size = _same_size_groups([None if v is None else v.gain.size for v in solved])
         scores = isolated(unit_scores, count)
+        keeps = [None] * len(solved)
         if scope == "global":
             keep_all = top_k_of_bits(scores, budget_count(s_t, scores.size))
-            keeps, offset = [], 0
-            for v in solved:
-                if v is None:
-                    keeps.append(None)
-                    continue
-                keeps.append(keep_all[offset:offset + v.gain.size].reshape(v.gain.shape))
-                offset += v.gain.size
-        else:
-            keeps = [None if b is None else top_k_of_bits(b, budget_count(
-                s_t if leaf.spec.sparsity is None else leaf.spec.sparsity, b.size)).reshape(v.gain.shape)
-                for leaf, v, b in zip(step.leaves, solved, scores)]
+            offset = 0
+            for i, v in enumerate(solved):
+                if v is not None:
+                    keeps[i] = keep_all[offset:offset + v.gain.size].reshape(v.gain.shape)
+                    offset += v.gain.size
+        else:  # one batched selection per size: one loop for all leaves of that size
+            for members, keys in zip(by_size, scores):
+                ks = jnp.stack([budget_count(s_t if step.leaves[i].spec.sparsity is None
+                                             else step.leaves[i].spec.sparsity, keys.shape[1]) for i in members])
+                for i, row in zip(members, top_k_rows(keys, ks)):
+                    keeps[i] = row.reshape(solved[i].gain.shape)
         xs = []
         for leaf, v, keep in zip(step.leaves, solved, keeps):
             if v is None:
