@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pytest
 
 from proxgen_jax.train import cli
 from proxgen_jax.train.data import load_digits_split
@@ -33,10 +32,17 @@ def test_compact_flag_reports_the_trained_model(monkeypatch):
     assert "| hidden/0 | Linear |" in text and "test accuracy: dense" in text and "batch 256" in text
 
 
-def test_compact_with_a_budget_is_refused_before_training():
+def test_compact_after_a_filter_budget_removes_the_zeroed_neurons(monkeypatch):
+    """``--sparsity 0.5 --budget-units filters --compact``: the budget zeroes half the neurons of every hidden
+    layer, and compaction removes them — the compacted model has the trained model's accuracy."""
+    monkeypatch.setattr(cli, "compact_run", functools.partial(cli.compact_run, repeats=2))
     args = cli.resolve_args(cli.build_parser().parse_args(
-        ["--task", "group", "--model", "cnn", "--optimizer", "proxgen_adam", "--sparsity", "0.5", "--compact",
-         "--no-progress", "--no-plots"]))
-    with pytest.raises(SystemExit, match="--compact"):
-        cli.run_grid(args, data=small_digits(64))
+        ["--task", "sparse", "--model", "mlp", "--optimizer", "proxgen_adam", "--sparsity", "0.5", "--budget-units",
+         "filters", "--epochs", "2", "--batch-size", "32", "--compact", "--no-progress", "--no-plots"]))
+    (run,) = cli.run_grid(args, data=small_digits())
+    c = run["compaction"]
+    assert c["acc_dense"] == run["final"]["test_acc"] == c["acc_small"]
+    assert run["budget"]["units"] == "filters" and run["structure"]
+    t = c["totals"]
+    assert t["params_after"] < 0.75 * t["params_before"] and t["output_rel_error"] <= 1e-5
     assert np.isfinite(args.lr)

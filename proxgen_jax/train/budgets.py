@@ -100,12 +100,20 @@ def nm_kernels(m: int):
     return mask
 
 
+def _hidden_unit_groups(path, leaf):
+    """One group per output filter / neuron of every kernel but the classifier's (``head``: its output units are
+    the classes, which a filter budget must not remove)."""
+    from proxgen_jax.transforms.prox_group import output_unit_groups
+    if any(getattr(k, "key", None) == "head" for k in path):
+        return None
+    return output_unit_groups(path, leaf)
+
+
 def budget_tx(budget: Budget, learning_rate: float, total_steps: int, *, euclidean: bool = False,
               regularizer: Any = None, lam: float = 0.0) -> optax.GradientTransformation:
     """``chain(preconditioner, budget)``: ProxGen's Adam metric (default) or a plain Adam step (``euclidean``)."""
     from proxgen_jax.preconditioners import scale_by_adam_precond
     from proxgen_jax.transforms.budgets import prox_nm, prox_sparsity
-    from proxgen_jax.transforms.prox_group import output_unit_groups
     from proxgen_jax.transforms.sparsity_recipes import sparsity_schedule
     pre = optax.scale_by_adam() if euclidean else scale_by_adam_precond()
     if budget.kind == "nm":
@@ -117,7 +125,7 @@ def budget_tx(budget: Budget, learning_rate: float, total_steps: int, *, euclide
     freeze = None
     if budget.freeze_at is not None and budget.freeze_at < 1.0:
         freeze = max(int(round(budget.freeze_at * total_steps)), end)
-    groups = output_unit_groups if budget.units == "filters" else None
+    groups = _hidden_unit_groups if budget.units == "filters" else None
     link = prox_sparsity(sched, learning_rate, group_axes=groups, scope=budget.scope, regularizer=regularizer,
                             lam=lam, mask=kernels_only, freeze_after=freeze)
     return optax.chain(pre, link)
@@ -142,6 +150,8 @@ def layer_structure(params: Any, budget: Budget) -> list[dict]:
         if not on:
             continue
         a = np.asarray(leaf)
+        if budget.kind == "sparsity" and budget.units == "filters":
+            blocked = _hidden_unit_groups(path, leaf) is not None
         row = {"layer": path_str(path), "shape": list(a.shape), "size": int(a.size),
                "sparsity": float(np.mean(a == 0)), "budgeted": bool(blocked)}
         if budget.kind == "nm":
@@ -181,19 +191,28 @@ def format_structure(runs: list[dict]) -> str:
     return f"Achieved structure ({head}, seed 0):\n\n" + "\n".join(lines)
 
 
+def budget_spec(cfg, data, budget: Budget):
+    """The optimizer of a run of ``cfg`` on ``data`` with ``budget`` on the kernels (its ramp spans the run)."""
+    from proxgen_jax.train.optimizers import build_optimizer
+    steps = max(np.shape(data[0])[0] // cfg.batch_size, 1) * cfg.epochs
+    return build_optimizer(cfg.optimizer, task=cfg.task, regularizer=cfg.regularizer, q=cfg.q, lam=cfg.lam,
+                           lr=cfg.lr, total_steps=steps, budget=budget)
+
+
 def train_budget_run(cfg, data, budget: Budget, *, progress: bool = True) -> dict:
     """One run of the training loop with ``budget`` on the kernels; the history gains ``"budget"`` and
     ``"structure"`` (:func:`layer_structure` of the final parameters) and a label naming the budget."""
     from proxgen_jax.train.loop import _train
-    from proxgen_jax.train.optimizers import build_optimizer
-    steps = max(np.shape(data[0])[0] // cfg.batch_size, 1) * cfg.epochs
-    spec = build_optimizer(cfg.optimizer, task=cfg.task, regularizer=cfg.regularizer, q=cfg.q, lam=cfg.lam,
-                           lr=cfg.lr, total_steps=steps, budget=budget)
-    run = _train(cfg, data, progress=progress, spec=spec, log_state=None)
+    run = _train(cfg, data, progress=progress, spec=budget_spec(cfg, data, budget), log_state=None)
+    return with_budget(run, cfg, budget).history
+
+
+def with_budget(run, cfg, budget: Budget):
+    """``run`` with its history labelled by ``budget`` and the achieved per-layer structure."""
     hist = run.history
     hist["budget"] = dataclasses.asdict(budget)
     if cfg.optimizer != "adam":
         reg = "" if cfg.regularizer == "none" else f"+{cfg.regularizer}"
         hist["label"] = f"{cfg.optimizer}[{budget.describe()}{reg}]"
     hist["structure"] = layer_structure(run.params, budget)
-    return hist
+    return run

@@ -248,18 +248,20 @@ def trained_model(run, data):
 
 
 def compact_run(cfg, data, budget=None, *, progress: bool = True, repeats: int = 30) -> dict:
-    """``--compact``: one training run, then :func:`proxgen_jax.compaction_report` on the trained model and the
-    accuracy and jitted latency (batch 1 and 256) of the dense and the compacted model; ``history["compaction"]``.
-    """
-    if budget is not None:
-        raise SystemExit("--compact is not available with --sparsity/--nm yet (the budget run does not return its "
-                         "parameters); train the group task with a penalty instead")
+    """``--compact``: one training run (with ``budget``, if given: e.g. ``--sparsity 0.5 --budget-units filters``
+    makes whole filters zero, which compaction removes), then :func:`proxgen_jax.compaction_report` on the trained
+    model and the accuracy and jitted latency (batch 1 and 256) of the dense and the compacted model;
+    ``history["compaction"]``."""
     import jax.numpy as jnp
 
     from proxgen_jax.compaction import compaction_report
     from proxgen_jax.compaction.measure import compare
+    from proxgen_jax.train.budgets import budget_spec, with_budget
     from proxgen_jax.train.loop import _train
-    run = _train(cfg, data, progress=progress, spec=None, log_state=None)
+    run = _train(cfg, data, progress=progress, spec=None if budget is None else budget_spec(cfg, data, budget),
+                 log_state=None)
+    if budget is not None:
+        run = with_budget(run, cfg, budget)
     dense = trained_model(run, data)
     rep = compaction_report(dense, jnp.asarray(data[2][:8]))
     cmp = compare(dense, rep.model, data[2], data[3], batch_sizes=(1, 256), repeats=repeats)
