@@ -25,16 +25,27 @@ jit/vmap/shard friendly.
 
 Early exit (XLA:CPU). ``s`` rises with slope at least ``1/‖z‖`` everywhere (Jensen:
 ``Σ w_i(ρ+b_i)^{-3} ≥ (Σ w_i(ρ+b_i)^{-2})^{3/2}/‖z‖`` with ``w_i = z_i²``), so ``ρ* − ρ ≤ (1 − s(ρ))·‖z‖``:
-a certificate from the sum every Newton step computes anyway. On the CPU the steps run in a ``while`` loop
-that stops as soon as every group is certified within ``ε·ρ`` (:data:`RADIUS_TOL`); then ``x`` is within
-``ε‖x‖`` of the minimiser and the objective within ``~ε²`` relative. In training, where the metric varies
-smoothly within a group, the Jensen start is often certified at once (no Newton step); with ``a_i`` spread
-over 16 decades all the steps run. On other backends the steps are unrolled (a GPU ``while`` loop would copy
-its predicate to the host every iteration).
+a certificate from the sum every Newton step computes anyway. A Newton step from ``ρ`` to ``ρ⁺`` leaves the root
+in ``[ρ⁺, ρ + (1 − s(ρ))‖z‖]``, so ``ρ⁺`` is certified by that bracket's width ``(1 − s)‖z‖ − (ρ⁺ − ρ)``
+without another sum: the width is second order where the ``b_i`` of a group are nearly equal (zero when they
+are equal). On the CPU every pass runs only while some group of the leaf is not yet certified within ``ε·ρ``
+(:data:`RADIUS_TOL`): ``‖p(ρ_0)‖²`` first, then (in a ``cond``) Newton steps in a ``while`` loop; then ``x``
+is within ``ε‖x‖`` of the minimiser and the objective within ``~ε²`` relative. The zero test and the one-term
+bound are skipped (a ``cond``) on leaves where every group has ``‖z‖ − b̄ > κ‖z‖`` (:data:`JENSEN_MARGIN`):
+such a group is nonzero (a zero group has ``‖z‖ ≤ b̄``) and its iterates keep ``|p_i| ≤ 1/κ``. In training,
+where the metric varies smoothly within a group, the Jensen start is often certified at once (no Newton step)
+or after one step; with ``a_i`` spread over 16 decades all the steps run. On other backends every pass runs,
+the steps unrolled (a GPU ``cond`` or ``while`` would copy its predicate to the host).
 
-Cost: every per-group sum is one more pass over the leaf (on XLA:CPU a fused reduction): five to set up and
-certify the start, two per Newton step. The metric-aware group prox is therefore several times the cost of an
-elementwise prox; with a scalar step (Euclidean metric) the closed form is used.
+Cost: every per-group sum is one more pass over the leaf, reading ``z`` and ``a`` (on XLA:CPU a fused
+reduction): two for the Jensen start, two more where a zero test is needed, one to certify the start and two per
+Newton step; the answer is one more elementwise pass. On XLA:CPU ``z`` and ``a`` are the only full-size
+temporaries (``b = μa`` is formed inside each pass, see :func:`_own`): every array a ``cond`` or ``while``
+reads, and every array two fused passes would share, is written out in full into a fresh allocation whose pages
+fault in on every call, which costs more than a pass. With ProxGen's Adam step on a ResNet-34-shaped tree (one
+group per output filter, 2-core CPU) the step costs 5–6× ``optax.adam``'s: about half of it the two temporaries,
+half the four sums (``‖z‖``, ``b̄``, then one Newton step). With a scalar step (Euclidean metric) the closed form
+is used.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from proxgen_jax.regularizers import _metric_forms
 from proxgen_jax.regularizers.base import Regularizer, as_float_array
 
 #: Newton steps after the start ``ρ_0`` at most, per compute dtype (itemsize → steps). Measured on random groups
@@ -59,6 +71,12 @@ NEWTON_STEPS = {4: 4, 8: 6}
 #: Relative radius tolerance of the early exit (itemsize → ε): Newton stops once ``ρ* − ρ ≤ ε·ρ`` is proved for
 #: every group. ``x`` is then within ``ε‖x‖`` of the minimiser and the objective within ``~ε²`` relative.
 RADIUS_TOL = {4: 2e-6, 8: 1e-12}
+
+#: The Jensen start's margin ``κ``: a group with ``‖z‖ − b̄ > κ‖z‖`` is nonzero (by Jensen, a zero group has
+#: ``‖z‖ ≤ b̄``) however the sums round, as long as the group has fewer than ``1/(16 ε_mach)`` entries, and its
+#: Newton iterates keep ``|p_i| ≤ 1/κ``: a leaf where every group is so needs neither the zero test nor the
+#: one-term bound (two passes fewer, decided at run time on XLA:CPU).
+JENSEN_MARGIN = 0.125
 
 _WEIGHTINGS = ("one", "sqrt")
 
@@ -195,6 +213,19 @@ class GroupL12(Regularizer):
         return z, out_dtype, self.axes_for(z), mu, jnp.asarray(step, dt), steps
 
 
+@_metric_forms.metric_step.register(GroupL12)
+def _metric_step(regularizer, theta, direction, momentum, metric, learning_rate, lam):
+    """ProxGen's step ``prox^{C_t+δ}_{α_t λR}(θ_t − α_t d)`` with ``a = α_t/(C_t+δ)`` and ``z = θ_t − m_t·a``.
+
+    Given ``m_t`` (Adam, RMSprop, AdaGrad) ``z`` is formed from ``a`` instead of the direction
+    ``d = m_t/(C_t+δ)``: one division by ``C_t+δ`` per coordinate instead of two, and on XLA:CPU one full-size
+    temporary fewer (every pass of the group prox reads ``z`` and ``a``).
+    """
+    a = learning_rate / jnp.asarray(metric)
+    z = theta - learning_rate * direction if momentum is None else theta - momentum * a
+    return regularizer.prox(z, a, lam)
+
+
 def _block_soft_threshold(z, b, axes):
     """``z · max(0, 1 − b/‖z‖)`` per group, ``b`` constant on each group; zero iff ``‖z‖ ≤ b``."""
     norm = jnp.sqrt(_sum(z * z, axes))
@@ -220,92 +251,183 @@ def _group_prox_diag(z, a, mu, axes, steps, *, adaptive=None):
     certified within :data:`RADIUS_TOL` (module docstring); otherwise all ``steps`` run, unrolled — on GPU a
     ``while`` loop would copy its predicate to the host every iteration.
     """
-    zero = _zero_groups(z, a, mu, axes)
-    rho = _radius(z, a, mu, axes, steps, adaptive)
-    x = z * (rho / (rho + mu * a))
-    return jnp.where(zero, jnp.zeros_like(z), x)
+    rho = _radius(z, a, mu, axes, steps, adaptive)  # 0 on zero groups
+    mu, rho = _own(mu, rho)
+    return jnp.where(rho == 0, jnp.zeros_like(z), z * (rho / (rho + mu * a)))
 
 
-def _zero_groups(z, a, mu, axes):
-    """The zero test ``‖z/(μa)‖ ≤ 1`` (⇔ ``‖z/a‖ ≤ λw``), per group.
+def _own(mu, per_group):
+    """``μ`` as a value of its own for one pass (with that pass's per-group operand), so that the pass forms
+    ``b = μa`` itself.
 
-    Overflow of ``z/(μa)`` errs towards "non-zero" and underflow towards "zero", both right whatever the scale
-    of ``z`` and ``a``. NaN (NaN input, or 0/0 when λ = 0) fails the test and takes the Newton path, which
-    returns NaN for NaN input and ``z`` itself for λ = 0.
+    The passes' ``μ·a`` are otherwise one expression, which XLA merges into a single full-size array shared by
+    every pass: on XLA:CPU a temporary, written out in full (a fresh allocation whose pages fault in on every call)
+    and read back by each pass. Tied to the pass's own per-group operand by an optimisation barrier, each ``μ``
+    is a distinct runtime value and each pass keeps ``b`` in registers.
     """
-    return _sum(jnp.square(z / (mu * a)), axes) <= 1
+    return jax.lax.optimization_barrier((mu, per_group))
+
+
+def _norm2_p(z, a, mu, rho, axes):
+    """``‖p(ρ)‖² = Σ_i z_i²/(ρ + b_i)²`` (≥ 1 left of the root): one pass over the group, one division."""
+    mu, rho = _own(mu, rho)
+    return _sum(jnp.square(z / (rho + mu * a)), axes)
+
+
+def _slope_sum(z, a, mu, rho, axes):
+    """``Σ_i z_i²/(ρ + b_i)³ = −φ'(ρ)/2`` with ``φ = ‖p‖²``, formed as ``p_i²/t_i`` (``t_i = ρ + b_i``).
+
+    ``|p_i|`` is bounded at every iterate (by 1 once ``ρ ≥ max_i(|z_i| − b_i)``, by ``1/κ`` on the Jensen
+    start), so each term is finite for any ``t_i ≥ tiny``, where a plain ``z²·t^{-3}`` overflows below
+    ``t ≈ 1e-13`` in float32.
+    """
+    mu, rho = _own(mu, rho)
+    t = rho + mu * a
+    return _sum(jnp.square(z / t) / t, axes)
+
+
+def _jensen_start(z, a, mu, axes):
+    """``(‖z‖, ‖z‖ − b̄)`` per group, ``b̄ = μ Σ_i z_i² a_i/‖z‖²``: the Jensen lower bound on ``ρ*``.
+
+    ``b̄`` is summed as ``μ·Σ (z_i/‖z‖)² a_i`` (weights ``≤ 1``, ``μ`` applied last), so it neither overflows
+    nor underflows where ``z²``, ``a`` and ``μ`` are far apart in scale. Two passes: ``‖z‖`` first, then ``b̄``.
+    """
+    nz = jnp.sqrt(_sum(jnp.square(z), axes))
+    inv_nz = 1 / jnp.where(nz > 0, nz, jnp.ones_like(nz))
+    return nz, nz - mu * _sum(jnp.square(z * inv_nz) * a, axes)
+
+
+def _zero_test_and_single(z, a, mu, axes):
+    """``(zero, max_i(|z_i| − b_i))`` per group: the exact zero test ``‖z/b‖ ≤ 1`` and the one-term bound.
+
+    Overflow of ``z/b`` errs towards "non-zero" and underflow towards "zero", both right whatever the scale
+    of ``z`` and ``b = μa``. NaN (NaN input, or 0/0 when λ = 0) fails the test and takes the Newton path, which
+    returns NaN for NaN input and ``z`` itself for λ = 0. Two passes over the group.
+    """
+    zero = _sum(jnp.square(z / (mu * a)), axes) <= 1
+    mu, _ = _own(mu, zero)
+    single = jnp.max(jnp.abs(z) - mu * a, axis=axes, keepdims=True)  # any one term: ρ* ≥ |z_i| − b_i
+    return zero, single
+
+
+def _start(single, rho_jensen, dtype):
+    """``ρ_0 = max(‖z‖ − b̄, max_i(|z_i| − b_i), tiny)``; ``tiny`` keeps ``1/(ρ + b_i)`` finite when ``b_i = 0``.
+
+    (``λ = 0`` or underflow; the true root is then ``≥ |z_i|``.) Zero groups are carried along, never used.
+    """
+    return jnp.maximum(jnp.maximum(rho_jensen, single), jnp.finfo(dtype).tiny)
+
+
+def _newton_step(rho, s1, s2, norm_z, hi):
+    """One safeguarded Newton step on ``s(ρ) = 1/‖p(ρ)‖ = 1`` and the width of the bracket it leaves.
+
+    From ``s1 = ‖p(ρ)‖²`` and ``s2 = Σ z_i²/(ρ+b_i)³`` (so ``s' = s2·s1^{-3/2}``) the step is
+    ``δ = (1 − s)/s' = (√s1 − 1)·s1/s2``. ``s`` is concave, so ``ρ + δ ≤ ρ*`` (monotone; the safeguard keeps
+    ``ρ ≤ ρ_new ≤ hi = ‖z‖``); its slope is ``≥ 1/‖z‖``, so ``ρ* ≤ ρ + (1 − s)‖z‖``. The root is therefore in
+    ``[ρ_new, ρ + (1 − s)‖z‖]``, of width ``(1 − s)‖z‖ − δ`` — second order where ``s`` is nearly linear
+    (``b_i`` nearly equal on the group), zero when all ``b_i`` are equal: a certificate for ``ρ_new`` without
+    another pass.
+    """
+    delta = (jnp.sqrt(s1) - 1) * s1 / jnp.where(s2 > 0, s2, jnp.ones_like(s2))
+    rho_new = jnp.minimum(jnp.maximum(rho + delta, rho), hi)
+    width = (rho - rho_new) + radius_error_bound(s1, norm_z)
+    return rho_new, width
+
+
+def _open(zero, width, rho, tol):
+    """Groups not yet certified: nonzero and ``ρ* − ρ ≤ width ≤ ε·ρ`` not proved (NaN stays open)."""
+    return ~(zero | (width <= tol * rho))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
 def _radius(z, a, mu, axes, steps, adaptive):
-    """The radius ``ρ = ‖x*‖`` of each nonzero group (anything on zero groups), kept as ``keepdims`` sums.
+    """The radius ``ρ = ‖x*‖`` of each group, ``0`` on zero groups, kept as ``keepdims`` sums.
 
-    Differentiated implicitly (:func:`_radius_jvp`), not through the Newton steps: a ``while`` loop has no
-    reverse-mode derivative, and the root's derivative is exact where the iterates' is not.
+    Every pass reads ``z`` and ``a`` and forms ``b = μa`` itself: on XLA:CPU a shared ``b`` (or any full-size
+    array handed to a ``cond``/``while``) is a temporary written out in full, and fresh temporaries cost page
+    faults on every call, more than a pass. Differentiated implicitly (:func:`_radius_jvp`), not through the
+    Newton steps: a ``while`` loop has no reverse-mode derivative, and the root's derivative is exact where the
+    iterates' is not.
     """
-    zero = _zero_groups(z, a, mu, axes)  # the same expression as the caller's: XLA computes it once
-    nz2 = _sum(jnp.square(z), axes)
-    nz = jnp.sqrt(nz2)
-    abar = _sum(z * (a * z), axes) / jnp.where(nz2 > 0, nz2, jnp.ones_like(nz2))  # z²-weighted mean of a
-    bbar = mu * abar  # Jensen: ρ ≥ ‖z‖ − b̄ (μ applied last: μ·Σ z²a alone may underflow)
-    single = jnp.max(jnp.abs(z) - mu * a, axis=axes, keepdims=True)  # any one term: ρ ≥ |z_i| − b_i
-    # ρ ≥ tiny keeps 1/(ρ + b_i) finite when b_i = 0 (λ = 0 or underflow); the true root is then ≥ |z_i|.
-    rho = jnp.maximum(jnp.maximum(nz - bbar, single), jnp.finfo(z.dtype).tiny)
+    if adaptive is None:
+        return jax.lax.platform_dependent(z, a, mu, cpu=functools.partial(_radius_certified, axes=axes, steps=steps),
+                                          default=functools.partial(_radius_unrolled, axes=axes, steps=steps))
+    return (_radius_certified if adaptive else _radius_unrolled)(z, a, mu, axes=axes, steps=steps)
+
+
+def _radius_unrolled(z, a, mu, *, axes, steps):
+    """All passes, no control flow (off the CPU): setup, then ``steps`` Newton steps of two sums each."""
+    nz, rho_j = _jensen_start(z, a, mu, axes)
+    zero, single = _zero_test_and_single(z, a, mu, axes)
+    rho = _start(single, rho_j, z.dtype)
     hi = jnp.maximum(nz, rho)  # the root is ≤ ‖z‖ (max() only matters if ‖z‖² underflows)
+    for _ in range(steps):
+        s2 = _slope_sum(z, a, mu, jax.lax.optimization_barrier(rho), axes)  # see _radius_certified
+        rho = _newton_step(rho, _norm2_p(z, a, mu, rho, axes), s2, nz, hi)[0]
+    return jnp.where(zero, jnp.zeros_like(rho), rho)
 
-    def norm2_p(rho):  # ‖p(ρ)‖² = Σ z_i²/(ρ + b_i)² (≥ 1 left of the root); |p_i| ≤ 1 as ρ ≥ |z_i| − b_i
-        return _sum(jnp.square(z / (rho + mu * a)), axes)
 
-    def newton(rho, s1=None):
-        # Σ z_i²/(ρ + b_i)³ = −φ'(ρ)/2 > 0, as (z_i t_i^{-3/2})² ≤ 1/t_i: finite for any t_i ≥ tiny (a plain
-        # z²·inv³ overflows below t ≈ 1e-13 in float32). Given ‖p‖² (the loop has it from its test), this
-        # sum computes 1/(ρ + b_i) for itself: a shared one is materialised between reductions on XLA:CPU.
-        inv = 1 / (rho + mu * a)
-        if s1 is None:
-            s1 = _sum(jnp.square(z * inv), axes)
-        s2 = _sum(jnp.square(z * jnp.sqrt(inv) * inv), axes)
-        delta = (jnp.sqrt(s1) - 1) * s1 / jnp.where(s2 > 0, s2, jnp.ones_like(s2))
-        return jnp.minimum(jnp.maximum(rho + delta, rho), hi)  # monotone safeguard, and ρ ≤ ‖z‖
+def _radius_certified(z, a, mu, *, axes, steps):
+    """The early-exit solver (XLA:CPU): every pass but the first two runs only while it is still needed.
 
-    def unrolled(rho):
-        for _ in range(steps):
-            rho = newton(rho)
-        return rho
+    1. ``‖z‖`` and ``b̄`` (two passes). Unless every group clears the Jensen margin (:data:`JENSEN_MARGIN`), the
+       zero test and the one-term bound (two passes, in a ``cond``).
+    2. ``‖p(ρ_0)‖²`` (one pass): groups with ``(1 − s)‖z‖ ≤ ε·ρ_0`` are done.
+    3. If any is open (a ``cond``): Newton steps, each certified by its bracket width (:func:`_newton_step`): the
+       first needs one more pass (its ``‖p‖²`` is step 2's), the others two, in a ``while`` loop that stops once
+       every group is certified or after ``steps``.
+    """
+    dt = z.dtype
+    tol = RADIUS_TOL[jnp.dtype(dt).itemsize]
+    nz, rho_j = _jensen_start(z, a, mu, axes)
+    group_size = math.prod(z.shape[ax] for ax in axes)
+    if group_size * jnp.finfo(dt).eps * 16 < 1:
+        clear = jnp.all(rho_j > JENSEN_MARGIN * nz)
+        zero, single = jax.lax.cond(
+            clear,
+            lambda: (jnp.zeros(nz.shape, bool), jnp.full(nz.shape, -jnp.inf, dt)),
+            lambda: _zero_test_and_single(z, a, mu, axes))
+    else:
+        zero, single = _zero_test_and_single(z, a, mu, axes)
+    rho = _start(single, rho_j, dt)
+    if not steps:
+        return jnp.where(zero, jnp.zeros_like(rho), rho)
+    hi = jnp.maximum(nz, rho)
+    s1 = _norm2_p(z, a, mu, rho, axes)
+    open_ = _open(zero, radius_error_bound(s1, nz), rho, tol)
 
-    def until_certified(rho):
-        tol = RADIUS_TOL[jnp.dtype(z.dtype).itemsize]
+    def newton(rho, s1, open_):
+        # A ρ of its own: in the loop the two sums at the same ρ would otherwise share ρ + b (and z/(ρ + b)),
+        # written out in full and read back by both (see _own).
+        s2 = _slope_sum(z, a, mu, jax.lax.optimization_barrier(rho), axes)
+        rho, width = _newton_step(rho, s1, s2, nz, hi)
+        return rho, open_ & _open(zero, width, rho, tol)
 
-        def uncertified(carry):
-            rho, s1, k = carry
-            open_ = ~(zero | (radius_error_bound(s1, nz) <= tol * rho))  # zero groups are done
-            return (k < steps) & jnp.any(open_)
+    def more(carry):
+        rho, open_, k = carry
+        return (k < steps) & jnp.any(open_)
 
-        def step(carry):
-            rho, s1, k = carry
-            rho = newton(rho, s1)
-            return rho, norm2_p(rho), k + 1
+    def step(carry):
+        rho, open_, k = carry
+        return *newton(rho, _norm2_p(z, a, mu, rho, axes), open_), k + 1
 
-        return jax.lax.while_loop(uncertified, step, (rho, norm2_p(rho), 0))[0]
+    def refine():
+        return jax.lax.while_loop(more, step, (*newton(rho, s1, open_), 1))[0]
 
-    if steps:
-        if adaptive is None:
-            rho = jax.lax.platform_dependent(rho, cpu=until_certified, default=unrolled)
-        else:
-            rho = (until_certified if adaptive else unrolled)(rho)
-    return rho
+    rho = jax.lax.cond(jnp.any(open_), refine, lambda: rho)
+    return jnp.where(zero, jnp.zeros_like(rho), rho)
 
 
 @_radius.defjvp
 def _radius_jvp(axes, steps, adaptive, primals, tangents):
-    """Implicit derivative of the root of ``F(ρ) = Σ_i z_i²/(ρ + μa_i)² − 1``: ``dρ = −dF/(∂F/∂ρ)``."""
+    """Implicit derivative of the root of ``F(ρ) = Σ_i z_i²/(ρ + b_i)² − 1``: ``dρ = −dF/(∂F/∂ρ)``; 0 on zero groups."""
     z, a, mu = primals
     dz, da, dmu = tangents
     rho = _radius(z, a, mu, axes, steps, adaptive)
-    b = mu * a
-    inv = 1 / (rho + b)
-    p = z * inv
+    inv = 1 / (rho + mu * a)
     db = dmu * a + mu * da
+    p = z * inv
     # F = Σ p² − 1 with p_i = z_i/(ρ + b_i): ∂F/∂z_i = 2p_i/(ρ + b_i), ∂F/∂b_i = −2p_i²/(ρ + b_i), ∂F/∂ρ = Σ_i ∂F/∂b_i.
     slope = _sum(p * p * inv, axes)
     drho = (_sum(p * inv * dz, axes) - _sum(p * p * inv * db, axes)) / jnp.where(slope > 0, slope, 1)
-    return rho, drho
+    return rho, jnp.where(rho == 0, jnp.zeros_like(drho), drho)

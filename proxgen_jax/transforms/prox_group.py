@@ -71,9 +71,11 @@ def prox_group_l12(
     is certified within 2e-6 (float32) or 1e-12 (float64) relative — often at once in training. After a plain
     optax transform (no metric) this is block soft thresholding with ``a_i = α_t``.
 
-    Cost: the per-group sums make this several times the cost of an elementwise prox (on a 2-core CPU with a
-    ResNet-34-shaped tree, 4.4–4.5× the ``optax.adam`` step time after one Adam step and 3.6× after 50 steps of
-    noisy gradients, where all four Newton steps cost 5.7×); the Euclidean closed form costs ~1.3×.
+    Cost: the per-group sums make this several times the cost of an elementwise prox: on a 2-core CPU with a
+    ResNet-34-shaped tree (jitted, donated buffers; ``benchmarks/step_overhead.py``) 5–7× the ``optax.adam``
+    step, about half of it the two full-size temporaries (``z`` and ``a``) XLA:CPU allocates afresh on every
+    call, half the four sums of a step that needs one Newton step (see
+    :mod:`~proxgen_jax.regularizers.group_l12`); the Euclidean closed form costs ~1.3×.
 
     Example:
       >>> import optax, proxgen_jax as pg
