@@ -360,8 +360,13 @@ def write_report(times: dict[str, float] | None = None, quick: bool = False) -> 
           "- One λ and one constant α for all methods in Fig. 2 (not tuned per method); the paper tunes and decays the step.",
           "- ℓ0-hc's gate parameters use a 10× larger Adam rate (otherwise no gate can close in this budget); "
           "Prox-SGD uses its own default schedules (ε₀ = 0.06, ρ₀ = 0.9).",
-          "- The budget rows (topk, 2:4) of the step-overhead table come from a run before the selection and N:M fixes of "
-          "the same session; the budgets section's step-time table is the current code's.",
+          "- The step-overhead table is the donated regime only (`--regimes donated`, 9 rounds, on a quiet machine: A/A "
+          "1.01); the not-donated regime was not re-run with the current code. Its SCAD row (1.40) is an outlier of "
+          "that run: Adam's own median in that row was 13.2 ms against 17–21 ms in every other row, and SCAD's "
+          "18.6 ms equals Adam's usual time; the previous run had 1.15.",
+          "- XLA:CPU allocates a step's temporaries afresh at every call, and their pages fault in again (~2 µs per "
+          "4 KiB page): the page-fault and kernel-time columns show it. The elementwise rows and 2:4 write none; "
+          "top-k writes its integer keys (one int32 per unit) and the group prox `z` and `α/(C_t+δ)`.",
           "- Timings (`compile s`, `train s`, step times) were taken on a shared 2-core machine under load from other jobs; "
           "ratios are more meaningful than absolute values, and both fluctuate between runs.",
           "- Table 3's λ_rate is chosen per method on a validation split (269 digits: one digit is 0.37 points) from a "

@@ -81,10 +81,14 @@ def isolated(fn, count):
     computation of its own, which XLA neither merges with the rest of the step nor inlines, so ``fn`` — calling
     :meth:`LeafProblem.recomputed` — recomputes the metric there from the buffers the step writes anyway, and
     only its own result is written. The predicate ``count ≥ 0`` holds for every step count (``optax`` counts
-    saturate), which XLA cannot know.
+    saturate), which XLA cannot know. Off the CPU ``fn()`` is called as it is: a GPU conditional reads its
+    predicate on the host (a synchronisation every step), and a device allocator reuses its memory.
     """
-    shapes = jax.eval_shape(fn)
-    return jax.lax.cond(count >= 0, fn, lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+    def on_cpu():
+        shapes = jax.eval_shape(fn)
+        return jax.lax.cond(count >= 0, fn, lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+    return jax.lax.platform_dependent(cpu=on_cpu, default=fn)
 
 
 class StepProblem(NamedTuple):
