@@ -363,7 +363,7 @@ def write_report(times: dict[str, float] | None = None, quick: bool = False) -> 
           "- The step-overhead table is the donated regime only (`--regimes donated`, 9 rounds, on a quiet machine: A/A "
           "1.01); the not-donated regime was not re-run with the current code. Its SCAD row (1.40) is an outlier of "
           "that run: Adam's own median in that row was 13.2 ms against 17–21 ms in every other row, and SCAD's "
-          "18.6 ms equals Adam's usual time; the previous run had 1.15.",
+          "18.6 ms equals Adam's usual time; SCAD rerun alone (9 rounds) gave 1.19, the previous session's run 1.15.",
           "- XLA:CPU allocates a step's temporaries afresh at every call, and their pages fault in again (~2 µs per "
           "4 KiB page): the page-fault and kernel-time columns show it. The elementwise rows and 2:4 write none; "
           "top-k writes its integer keys (one int32 per unit) and the group prox `z` and `α/(C_t+δ)`.",
