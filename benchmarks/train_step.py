@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from step_overhead import _copy, median_ratio, regularizer_rows, write_json
+from step_overhead import LinkRow, _copy, median_ratio, regularizer_rows, write_json
 
 import proxgen_jax as pg
 from proxgen_jax.train.models import make_model
@@ -96,6 +96,8 @@ def row_tx(reg, lr: float = 1e-3, lam: float = 1e-4):
     """A row's optimizer with the prox on ``kernels_only`` (``reg=None``: ``optax.adam``)."""
     if reg is None:
         return optax.adam(lr)
+    if isinstance(reg, LinkRow):  # a budget link (issue 16): its own mask
+        return optax.chain(pg.scale_by_adam_precond(), reg.make(lr))
     return optax.chain(pg.scale_by_adam_precond(), pg.proximal_step(reg, lam, lr, mask=pg.kernels_only))
 
 
