@@ -65,6 +65,20 @@ def count_at_least(bits: jax.Array, t) -> jax.Array:
     return count
 
 
+def count_at_least_rows(bits: jax.Array, t: jax.Array) -> jax.Array:
+    """``#{i : bits[r, i] ≥ t[r]}`` for every row ``r`` of a 2-D integer array (:func:`count_at_least` row by row,
+    in one fused pass: as fast as a pass per row, and one fusion to compile instead of one per row)."""
+    rows, n = bits.shape
+    main = n - n % _ROW
+    count = jnp.zeros((rows,), bits.dtype)
+    if main:
+        hits = (bits[:, :main] >= t[:, None]).astype(jnp.int8).reshape(rows, _ROW, -1)
+        count += jnp.sum(jnp.sum(hits, axis=1, dtype=jnp.int8).astype(bits.dtype), axis=1, dtype=bits.dtype)
+    if n > main:
+        count += jnp.sum(bits[:, main:] >= t[:, None], axis=1, dtype=bits.dtype)
+    return count
+
+
 def kth_largest_bisect(bits: jax.Array, k) -> jax.Array:
     """The ``k``-th largest of the non-negative integers ``bits`` (``1 ≤ k ≤ n``) by bisection over the bits."""
     nbits = 8 * bits.dtype.itemsize - 1
@@ -122,7 +136,7 @@ def kth_largest_search_rows(bits: jax.Array, k) -> tuple[jax.Array, jax.Array, j
         cand = jnp.where((i >= 4) & (w0 > w3 // 2), lo + w0 // 2, cand)  # not halved in 3 passes: bisect
         cand = jnp.where((i == 1) & (large > lo) & (large < hi), large, cand)
         cand = jnp.clip(jnp.where(i == 0, small, cand), lo + 1, hi - 1)
-        c = jnp.stack([count_at_least(bits[r], cand[r]) for r in range(rows)])
+        c = count_at_least_rows(bits, cand)
         up = c >= k
         f = (c - k).astype(ft) + 0.5
         f_lo = jnp.where(up, f, jnp.where(side == -1, f_lo / 2, f_lo))
