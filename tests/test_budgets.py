@@ -278,3 +278,26 @@ def test_recomputed_leaf_problem_equals_the_step_inputs(make):
         again = leaf.recomputed()
         for name in ("theta", "direction", "metric", "momentum"):
             np.testing.assert_allclose(np.asarray(getattr(again, name)), np.asarray(getattr(leaf, name)), rtol=5e-7)
+
+
+@pytest.mark.parametrize("scope", ["leaf", "global"])
+def test_budget_over_leaves_of_mixed_dtypes_keeps_exactly_k(scope):
+    """float32, float64 and bfloat16 leaves of one size: per leaf (grouped by size and dtype) or one global
+    budget (keys widened to one type), exactly ⌊(1 − s)·n⌋ units stay free, and they are the largest scores."""
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        dtypes = (jnp.float32, jnp.float64, jnp.bfloat16)
+        p = {k: jnp.asarray(rng.normal(size=(4, 6)), d) for k, d in zip("abc", dtypes)}
+        g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), p)
+        tx = optax.chain(optax.identity(), pg.prox_sparsity(0.75, 0.1, scope=scope))  # Euclidean: z = θ − 0.1 g
+        u, _ = tx.update(g, tx.init(p), p)
+        x = optax.apply_updates(p, u)
+        z = {k: np.asarray(p[k], np.float64) - 0.1 * np.asarray(g[k], np.float64) for k in p}
+        nnz = {k: int(np.sum(np.asarray(x[k], np.float64) != 0)) for k in x}
+        if scope == "leaf":
+            assert nnz == {"a": 6, "b": 6, "c": 6}
+        else:
+            assert sum(nnz.values()) == 18
+            kept = np.concatenate([np.abs(np.asarray(x[k], np.float64)).ravel() != 0 for k in "abc"])
+            score = np.concatenate([np.abs(z[k]).ravel() for k in "abc"])
+            assert score[kept].min() >= score[~kept].max() * (1 - 1e-2)  # bf16 rounding of the kept values aside

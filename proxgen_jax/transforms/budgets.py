@@ -79,12 +79,13 @@ def _pruned(leaf: LeafProblem, x, free):
     return jnp.where(free, x, leaf.centre() * 0)
 
 
-def _same_size_groups(sizes: list) -> list[list[int]]:
-    """Indices of the leaves (``None``: no budget) grouped by size, in order of first appearance."""
-    groups: dict[int, list[int]] = {}
-    for i, n in enumerate(sizes):
-        if n is not None:
-            groups.setdefault(n, []).append(i)
+def _alike_groups(kinds: list) -> list[list[int]]:
+    """Indices of the leaves grouped by kind (e.g. size and dtype; ``None``: no budget), in order of first
+    appearance."""
+    groups: dict = {}
+    for i, kind in enumerate(kinds):
+        if kind is not None:
+            groups.setdefault(kind, []).append(i)
     return list(groups.values())
 
 
@@ -234,14 +235,16 @@ def prox_sparsity(
         # recomputed by the final select alone.
         solved = [None if leaf.spec is None else _unit_values(leaf, lam_t) for leaf in step.leaves]
 
-        def unit_scores():  # the selection's flat integer keys: one row per leaf of each size, or all in one row
-            keys = [None if leaf.spec is None else score_bits(_unit_values(leaf.recomputed(), lam_t).gain)
-                    for leaf in step.leaves]
-            if scope == "global":
-                return _laid_out([k for k in keys if k is not None], rows=False)
+        def unit_scores():  # the selection's flat integer keys: one row per leaf of each size and dtype, or all in
+            # one row
+            gains = [None if leaf.spec is None else _unit_values(leaf.recomputed(), lam_t).gain for leaf in step.leaves]
+            if scope == "global":  # one key type for all leaves (float64 leaves widen the others)
+                dtype = jnp.result_type(*[g for g in gains if g is not None])
+                return _laid_out([score_bits(g.astype(dtype)) for g in gains if g is not None], rows=False)
+            keys = [None if g is None else score_bits(g) for g in gains]
             return [_laid_out([keys[i] for i in members], rows=True) for members in by_size]
 
-        by_size = _same_size_groups([None if v is None else v.gain.size for v in solved])
+        by_size = _alike_groups([None if v is None else (v.gain.size, jnp.dtype(v.gain.dtype)) for v in solved])
         scores = isolated(unit_scores, count)
         keeps = [None] * len(solved)
         if scope == "global":
